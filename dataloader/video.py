@@ -1,0 +1,90 @@
+"""Frame extraction from the camXX.mp4 videos of a DyNeRF scene, with the ffmpeg bundled in imageio-ffmpeg."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+DONE_MARKER = ".extracted"
+
+
+class VideoError(RuntimeError):
+    """A video is missing, unreadable or too short."""
+
+
+def frames_extracted(frame_dir: Path) -> bool:
+    """Whether ``frame_dir`` holds a complete extraction (written by :func:`extract_frames`)."""
+    return (frame_dir / DONE_MARKER).exists()
+
+
+def write_image(path: Path, rgb: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Write an RGB uint8 ``[H, W, 3]`` image (JPEG or PNG by suffix)."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
+        raise OSError(f"could not write image {path}: check that the folder is writable and the disk not full")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as RGB uint8 ``[H, W, 3]``."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise VideoError(f"unreadable image {path}: the file is missing, empty or not an image; "
+                         "delete it and re-run tools/prepare_video.py on the scene folder")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def extract_frames(video: Path, frame_dir: Path, progress: bool = True, jpeg_quality: int = 95) -> int:
+    """Decode ``video`` into ``frame_dir/%06d.jpg`` (1-based); ``frame_dir`` must not hold files yet.
+
+    Frames are written into a temporary folder that is renamed when complete, so an interrupted
+    extraction never looks finished.
+
+    Returns:
+        The number of frames written.
+    """
+    import imageio_ffmpeg
+
+    video = Path(video)
+    if not video.is_file():
+        raise VideoError(f"video {video} not found: a DyNeRF scene folder holds one camXX.mp4 per camera")
+    partial = frame_dir.with_name(frame_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    count = 0
+    try:
+        reader = imageio_ffmpeg.read_frames(str(video))
+        meta = next(reader)
+        width, height = meta["size"]
+        total = int(meta.get("duration", 0) * meta.get("fps", 0)) or None
+        with ThreadPoolExecutor(max_workers=4) as pool, \
+                tqdm(total=total, desc=video.name, unit="frame", disable=not progress, leave=False) as bar:
+            jobs = []
+            for raw in reader:
+                count += 1
+                rgb = np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+                jobs.append(pool.submit(write_image, partial / f"{count:06d}.jpg", rgb, jpeg_quality))
+                bar.update(1)
+            for job in jobs:
+                job.result()
+    except (OSError, RuntimeError, StopIteration, KeyError) as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(err).__name__  # ffmpeg's last line says what went wrong
+        raise VideoError(f"could not decode {video} ({reason}); the file looks corrupt or truncated: "
+                         "download the scene again") from err
+    if count == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise VideoError(f"{video} holds no frames; the file looks corrupt: download the scene again")
+    (partial / DONE_MARKER).write_text(f"{count}\n")
+    if frame_dir.is_dir() and not any(frame_dir.iterdir()):
+        frame_dir.rmdir()
+    partial.rename(frame_dir)  # fails rather than overwrite a non-empty folder someone else made
+    return count
