@@ -189,9 +189,12 @@ def spiral_path(c2w: np.ndarray, near: float, far: float, n_views: int = 120, n_
         near, far: closest and farthest scene depths (scene units).
 
     Returns:
-        ``[n_views, 4, 4]`` OpenGL camera-to-world matrices.
+        ``[n_views, 4, 4]`` camera-to-world matrices with the handedness of ``c2w``: the release's recentring
+        (average x axis = cross(z, y)) mirrors the world, leaving det(R) = -1, and a path of right-handed
+        cameras would render mirror images of the training views.
     """
     avg = average_pose(c2w)
+    handedness = np.sign(np.linalg.det(c2w[0, :3, :3]))
     close, inf = near * 0.9, far * 5.0
     dt = 0.75
     focal = 1.0 / ((1.0 - dt) / close + dt / inf)
@@ -204,7 +207,7 @@ def spiral_path(c2w: np.ndarray, near: float, far: float, n_views: int = 120, n_
         z = normalize(center - avg @ np.array([0.0, 0.0, -focal, 1.0]))
         x = normalize(np.cross(avg[:, 1], z))
         y = np.cross(z, x)
-        poses.append(np.stack([x, y, z, center], axis=1))
+        poses.append(np.stack([handedness * x, y, z, center], axis=1))
     return to_homogeneous(np.stack(poses))
 
 

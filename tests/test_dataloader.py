@@ -36,6 +36,9 @@ def test_load_synthetic_scene(synthetic_scene_dir):
     assert scene.render_path.shape == (120, 4, 4)
     rot = scene.render_path[:, :3, :3]
     assert torch.allclose(rot.transpose(1, 2) @ rot, torch.eye(3).expand(120, 3, 3), atol=1e-5)
+    # the release's recentring mirrors the world; the path keeps the cameras' handedness (no mirrored renders)
+    assert torch.allclose(torch.linalg.det(rot), torch.linalg.det(scene.c2w[0, :3, :3]).expand(120), atol=1e-4)
+    assert (rot[:, :, 0] * scene.c2w[0, :3, 0]).sum(-1).min() > 0.9  # x axes agree with the rig's
     assert scene.gt["depth"].shape == (12, 6, 120, 160)
     assert scene.gt["flow_fw"].shape == (11, 6, 120, 160, 2)
     held_out = load_scene("synthetic", synthetic_scene_dir, hold_out_test=True, num_frames=3)
