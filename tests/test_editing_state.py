@@ -1,0 +1,58 @@
+"""Resume state of an edit: atomic files, refusal to resume another edit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editing.state import IMAGES_FILE, STATE_FILE, EditState, ResumeError
+
+IDENTITY = {"prompt": "make it snowy", "schedule": "keyframe", "shape": [2, 3, 4, 5, 3]}
+
+
+def test_save_then_resume(tmp_path):
+    images = torch.randint(0, 255, (2, 3, 4, 5, 3), dtype=torch.uint8)
+    state = EditState(tmp_path, IDENTITY)
+    state.mark_done("keyframe/round0")
+    state.mark_done("cam01/frames0-5")
+    state.mark_done("keyframe/round0")
+    state.save(images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [IMAGES_FILE, STATE_FILE]  # no temporary files left
+
+    restored = torch.zeros_like(images)
+    again = EditState.load(tmp_path, IDENTITY, restored)
+    assert torch.equal(restored, images)
+    assert again.done == ["keyframe/round0", "cam01/frames0-5"]
+    assert again.is_done("cam01/frames0-5") and not again.is_done("cam02/frames0-5")
+
+
+def test_refuses_other_edit(tmp_path):
+    images = torch.zeros((2, 3, 4, 5, 3), dtype=torch.uint8)
+    EditState(tmp_path, IDENTITY).save(images)
+    with pytest.raises(ResumeError, match="prompt: saved 'make it snowy', now 'van gogh'"):
+        EditState.load(tmp_path, {**IDENTITY, "prompt": "van gogh"}, images)
+    with pytest.raises(ResumeError, match="uint8 \\(1, 3, 4, 5, 3\\)"):
+        EditState.load(tmp_path, IDENTITY, torch.zeros((1, 3, 4, 5, 3), dtype=torch.uint8))
+    with pytest.raises(ResumeError, match="nothing to resume"):
+        EditState.load(tmp_path / "other", IDENTITY, images)
+
+
+def test_failed_write_keeps_previous_files(tmp_path, monkeypatch):
+    images = torch.ones((2, 3, 4, 5, 3), dtype=torch.uint8)
+    state = EditState(tmp_path, IDENTITY)
+    state.save(images)
+
+    import editing.state as module
+
+    def broken_save(handle, array):
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(module.np, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        state.save(images * 2)
+    monkeypatch.undo()
+    restored = torch.zeros_like(images)
+    EditState.load(tmp_path, IDENTITY, restored)
+    assert torch.equal(restored, images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [IMAGES_FILE, STATE_FILE]
