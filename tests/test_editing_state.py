@@ -17,7 +17,7 @@ def test_save_then_resume(tmp_path):
     state.mark_done("cam01/frames0-5")
     state.mark_done("keyframe/round0")
     state.save(images)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [IMAGES_FILE, STATE_FILE]  # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([IMAGES_FILE, STATE_FILE])  # no temporary files left
 
     restored = torch.zeros_like(images)
     again = EditState.load(tmp_path, IDENTITY, restored)
@@ -55,4 +55,4 @@ def test_failed_write_keeps_previous_files(tmp_path, monkeypatch):
     restored = torch.zeros_like(images)
     EditState.load(tmp_path, IDENTITY, restored)
     assert torch.equal(restored, images)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [IMAGES_FILE, STATE_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([IMAGES_FILE, STATE_FILE])
