@@ -96,7 +96,7 @@ class EditState:
         if tuple(stored.shape) != tuple(images.shape) or stored.dtype != np.uint8:
             raise ResumeError(f"{run_dir / IMAGES_FILE} holds {stored.dtype} {tuple(stored.shape)}, the scene "
                               f"uint8 {tuple(images.shape)}: it was made with other frames, cameras or downsample")
-        images.copy_(torch.from_numpy(np.ascontiguousarray(stored)))
+        images.copy_(torch.from_numpy(np.array(stored)))  # a writable copy of the memory map
         state = cls(run_dir, identity)
         state.done = list(saved["done"])
         return state
