@@ -1,0 +1,72 @@
+"""Reading, resizing and writing images for the demo programs (float CHW ``[3, H, W]`` in [0, 1])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def read_image(path: str | Path) -> Tensor:
+    """An RGB image file as float ``[3, H, W]`` in [0, 1] (alpha dropped, gray repeated)."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} not found; check the path (examples are made by "
+                                "`python tools/make_flow_examples.py examples`)")
+    array = np.asarray(iio.imread(path))
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1).float() / 255.0
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files of a folder, in numeric order when every name is a number (``0.png, 1.png, 10.png``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} not found")
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    numeric = all(p.stem.isdigit() for p in files)
+    return sorted(files, key=lambda p: (int(p.stem), p.name) if numeric else (0, p.name))
+
+
+def fit_size(height: int, width: int, long_side: int | None, multiple: int = 8) -> tuple[int, int]:
+    """``(h, w)`` with the long side scaled to ``long_side`` (None: unchanged), both rounded down to ``multiple``."""
+    scale = 1.0 if long_side is None else long_side / max(height, width)
+    h = max(multiple, int(round(height * scale)) // multiple * multiple)
+    w = max(multiple, int(round(width * scale)) // multiple * multiple)
+    return h, w
+
+
+def resize(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of ``[C, H, W]`` or ``[N, C, H, W]`` to ``size = (h, w)`` (no-op when equal)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    batch = images if images.dim() == 4 else images[None]
+    out = F.interpolate(batch.float(), size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    return out if images.dim() == 4 else out[0]
+
+
+def save_image(path: str | Path, image: Tensor) -> Path:
+    """Write ``[3, H, W]`` or ``[H, W]`` (gray) float [0, 1] as an 8-bit image; returns the path."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = image.detach().float().clamp(0, 1).mul(255).round().byte().cpu()
+    array = array.numpy() if array.dim() == 2 else array.permute(1, 2, 0).numpy()
+    iio.imwrite(path, array)
+    return path
+
+
+def image_row(images: list[Tensor]) -> Tensor:
+    """Concatenate ``[3, H, W]`` (or gray ``[H, W]``) images of one height side by side into ``[3, H, sum W]``."""
+    return torch.cat([img.expand(3, *img.shape) if img.dim() == 2 else img for img in images], dim=-1)

@@ -1,0 +1,138 @@
+"""Load InstructPix2Pix from a local diffusers folder or a Hugging Face hub id, as an :class:`IP2PEditor`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .sequence_editor import IP2PEditor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IP2P_MODEL = "timbrooks/instruct-pix2pix"
+PIPELINE_LAYOUT = "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/"
+
+
+class IP2PWeightsError(FileNotFoundError):
+    """The InstructPix2Pix weights are neither in a local folder nor downloadable; the message says how to get them."""
+
+
+def download_hint(model: str) -> str:
+    """How to get ``model``'s weights once and use them offline afterwards."""
+    repo = model if looks_like_hub_id(model) else DEFAULT_IP2P_MODEL
+    folder = f"weights/{repo.split('/')[-1]}"
+    return (f"Download the weights once, on a machine with network access:\n"
+            f"    hf download {repo} --local-dir {folder}\n"
+            f"(older huggingface_hub: `huggingface-cli download ...`), then pass the folder: --ip2p_model {folder} "
+            f"(a local folder in diffusers layout works offline: {PIPELINE_LAYOUT}). Loading a hub id needs the "
+            f"network once; afterwards it is cached and HF_HUB_OFFLINE=1 keeps it offline.")
+
+
+def looks_like_hub_id(model: str) -> bool:
+    """Whether ``model`` has the form of a hub repository id (``name`` or ``owner/name``) rather than a path."""
+    if model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1:
+        return False
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return False
+    return True
+
+
+def ip2p_dtype(device: str | torch.device, full_precision: bool = False) -> torch.dtype:
+    """float16 on CUDA (unless ``full_precision``), float32 everywhere else."""
+    return torch.float16 if torch.device(device).type == "cuda" and not full_precision else torch.float32
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device; raises ValueError when it is a CUDA device this machine does not have."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--ip2p_device {device}: CUDA is not available on this machine; use --ip2p_device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--ip2p_device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return device
+
+
+def load_pipeline(model: str = DEFAULT_IP2P_MODEL, dtype: torch.dtype = torch.float32):
+    """``StableDiffusionInstructPix2PixPipeline`` (no safety checker) from a local folder or a hub id.
+
+    Raises:
+        IP2PWeightsError: the folder is missing or incomplete, or the hub id cannot be fetched (offline, unknown id).
+        ValueError: the weights are not an InstructPix2Pix model (the UNet does not take 8 input channels).
+    """
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    model = str(model)
+    local = Path(model).expanduser()
+    # 1. where the weights are: a local folder, or a hub id (downloaded once, then cached)
+    if local.is_dir():
+        if not (local / "model_index.json").is_file():
+            raise IP2PWeightsError(f"--ip2p_model {model}: this folder has no model_index.json, so it is not a "
+                                   f"diffusers pipeline folder (expected {PIPELINE_LAYOUT}).\n{download_hint(model)}")
+        source = str(local)
+    elif local.exists():
+        raise IP2PWeightsError(f"--ip2p_model {model} is a file; pass a diffusers pipeline folder "
+                               f"({PIPELINE_LAYOUT}) or a hub id such as {DEFAULT_IP2P_MODEL}")
+    elif looks_like_hub_id(model):
+        source = model
+    else:
+        raise IP2PWeightsError(f"--ip2p_model {model}: no such folder, and it is not a Hugging Face hub id.\n"
+                               f"{download_hint(model)}")
+    # 2. load the components (diffusers goes to the hub only for a hub id that is not cached)
+    try:
+        pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+            source, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    except (OSError, ValueError) as err:
+        where = (f"the folder {source} is incomplete or unreadable" if source != model or local.is_dir() else
+                 f"the hub id {model} is not cached here and could not be downloaded "
+                 f"(no network, HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}, or no such repository)")
+        raise IP2PWeightsError(f"--ip2p_model {model}: cannot load InstructPix2Pix: {where}.\n{download_hint(model)}\n"
+                               f"(cause: {type(err).__name__}: {err})") from err
+    if pipe.unet.config.in_channels != 8:
+        raise ValueError(f"--ip2p_model {model}: its UNet takes {pipe.unet.config.in_channels} input channels; an "
+                         f"InstructPix2Pix UNet takes 8 (noisy latent + image latent). Use e.g. {DEFAULT_IP2P_MODEL}")
+    return pipe
+
+
+def load_ip2p(model: str = DEFAULT_IP2P_MODEL, device: str | torch.device = "cpu", full_precision: bool = False, *,
+              sequence_length: int | None = None, attention_slicing: bool | int = False, cpu_offload: bool = False,
+              progress: bool = False) -> IP2PEditor:
+    """An anchor-aware InstructPix2Pix editor (``--ip2p_model``, ``--ip2p_device``, ``--ip2p_use_full_precision``).
+
+    Args:
+        model: local folder in diffusers layout, or hub id (default ``timbrooks/instruct-pix2pix``).
+        device: device to run on; fp16 on CUDA, fp32 elsewhere.
+        full_precision: force fp32 on CUDA too.
+        sequence_length: default frames per UNet batch (anchor included); None: a whole sequence at once.
+        attention_slicing: True (or a number of batch items) computes self-attention a few items at a time,
+            trading speed for memory.
+        cpu_offload: keep the models on the CPU and move each to ``device`` only while it runs (accelerate's model
+            CPU offload; for GPUs that cannot hold the whole model).
+        progress: progress bars over denoising steps.
+
+    Returns:
+        The :class:`IP2PEditor`.
+
+    Raises:
+        IP2PWeightsError: weights neither local nor downloadable (the message says how to get them).
+    """
+    device = check_device(device)
+    dtype = ip2p_dtype(device, full_precision)
+    pipe = load_pipeline(model, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    if cpu_offload and device.type != "cpu":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        if cpu_offload:
+            log.warning("cpu_offload has no effect when the IP2P device is the CPU")
+        pipe.to(device)
+    slice_size = None if attention_slicing is False else 1 if attention_slicing is True else int(attention_slicing)
+    log.info("loaded InstructPix2Pix %s on %s (%s)", model, device, str(dtype).removeprefix("torch."))
+    return IP2PEditor(pipe, device, sequence_length=sequence_length, attention_slice=slice_size, progress=progress)
