@@ -18,8 +18,8 @@ def read_image(path: str | Path) -> Tensor:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image {path} not found; check the path (examples are made by "
-                                "`python tools/make_flow_examples.py examples`)")
+        raise FileNotFoundError(f"image {path} not found; check the path (the bundled examples/ are re-made by "
+                                "tools/make_ip2p_examples.py and tools/make_flow_examples.py)")
     array = np.asarray(iio.imread(path))
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
