@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ip2p_models.cli import add_model_arguments, load_editor
 from ip2p_models.depth_warp import DEFAULT_REL_DISTANCE, View, depth_warp, warp_by_points
 from ip2p_models.image_io import fit_size, read_image, resize, save_image
 from ip2p_models.warp import fill_from_warp
@@ -71,10 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="occlusion threshold in world units (default: relative, --rel_distance)")
     parser.add_argument("--rel_distance", type=float, default=DEFAULT_REL_DISTANCE,
                         help="relative occlusion threshold (see above)")
-    parser.add_argument("--ip2p_model", default="timbrooks/instruct-pix2pix",
-                        help="InstructPix2Pix weights: Hugging Face hub id or local folder")
-    parser.add_argument("--full_precision", action="store_true", help="run IP2P in float32 on a GPU")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device of IP2P")
+    add_model_arguments(parser)  # --ip2p_model, --device/--ip2p_device, --ip2p_use_full_precision, ...
     parser.add_argument("--seed", type=int, default=7070, help="seed of the edit")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/test_depth"), help="where to write")
     return parser.parse_args(argv)
@@ -145,9 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_edit:
         edited = source
     else:
-        from ip2p_models import load_ip2p
-
-        editor = load_ip2p(args.ip2p_model, device=args.device, full_precision=args.full_precision)
+        editor = load_editor(args)
         work = resize(source, fit_size(*source.shape[1:], None))
         edited = editor.edit_sequence(work[None], work[None], args.prompt, guidance_scale=args.guidance_scale,
                                       image_guidance_scale=args.image_guidance_scale, diffusion_steps=args.steps,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ip2p_models.cli import add_model_arguments, load_editor
 from ip2p_models.flow import FLOW_BACKENDS, make_flow
 from ip2p_models.image_io import fit_size, image_row, list_images, read_image, resize, save_image
 from ip2p_models.sliding_window import Window, sliding_window_edit
@@ -48,16 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="noise level T (of 1000) the refinements start from")
     parser.add_argument("--photometric_threshold", type=float, default=0.05,
                         help="colour tolerance of the warp's photometric check in [0, 1]; <= 0 disables it")
-    parser.add_argument("--ip2p_model", default="timbrooks/instruct-pix2pix",
-                        help="InstructPix2Pix weights: Hugging Face hub id or local folder")
-    parser.add_argument("--full_precision", action="store_true", help="run IP2P in float32 on a GPU")
+    add_model_arguments(parser)  # --ip2p_model, --device/--ip2p_device, --ip2p_use_full_precision, ...
     parser.add_argument("--flow", choices=FLOW_BACKENDS, default=None,
                         help="flow backend (default: raft when --raft_ckpt is given, else dis)")
     parser.add_argument("--raft_ckpt", type=Path, default=None,
                         help="RAFT weights: original raft-things.pth / raft-small.pth or a torchvision state dict")
     parser.add_argument("--raft_iters", type=int, default=None, help="RAFT iterations (default 20 large, 12 small)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="device of IP2P and RAFT")
     parser.add_argument("--seed", type=int, default=7070, help="base seed (window i uses seed + i)")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/test_flow_sequence"), help="where to write")
     return parser.parse_args(argv)
@@ -66,7 +63,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from ip2p_models import load_ip2p
 
     # 1. frames at the working size
     files = list_images(args.image_dir)
@@ -76,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("loaded %d frames from %s at %dx%d", len(files), args.image_dir, size[1], size[0])
 
     # 2. models
-    editor = load_ip2p(args.ip2p_model, device=args.device, full_precision=args.full_precision)
+    editor = load_editor(args)
     flow = make_flow(args.flow, args.raft_ckpt, device=args.device, iters=args.raft_iters)
 
     # 3. edit, writing each window as it is done

@@ -19,6 +19,12 @@ def add_ip2p_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance_scale", type=float, default=10.5, help="text guidance weight")
     parser.add_argument("--image_guidance_scale", type=float, default=1.5,
                         help="image guidance weight (higher keeps more of the input)")
+    add_model_arguments(parser)
+    parser.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same edit")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags that choose the IP2P weights and where and how they run."""
     parser.add_argument("--ip2p_model", default="timbrooks/instruct-pix2pix",
                         help="InstructPix2Pix weights: a local diffusers folder (works offline) or a hub id "
                              "(needs the network once)")
@@ -28,7 +34,6 @@ def add_ip2p_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention_slicing", action="store_true", help="less memory, slower (small GPUs)")
     parser.add_argument("--cpu_offload", action="store_true",
                         help="keep the models on the CPU, move each to the GPU only while it runs (small GPUs)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same edit")
 
 
 def load_editor(args: argparse.Namespace, sequence_length: int | None = None):
