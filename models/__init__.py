@@ -1,0 +1,48 @@
+"""The 4D radiance field (stream TensoRF): fields, ray sampling, volume rendering, regularizers, fitting, checkpoints.
+
+Conventions: images are float [0, 1] HWC; time is in [0, 1] (frame k of F at k / (F - 1)); a training batch and a
+full-image render hold rays of ONE frame; rays are in NDC when the scene uses it (``scene.ndc``), and depth
+renders are then NDC ray parameters (see :func:`dataloader.cameras.ndc_depth_to_points`).
+
+Typical use (also by the editing program)::
+
+    field, ckpt = load_checkpoint("log/n3dv/train_coffee_50_2/ckpt-99999.th", device="cuda:0")
+    sampler = build_sampler("dense", ndc=scene.ndc)
+    out = render_image(field, sampler, scene, frame=0, cam=3)   # rgb [H, W, 3], depth [H, W], acc [H, W]
+    trainer = Trainer(field, scene, FitSettings.from_args(args), device="cuda:0", run_dir=run_dir)
+    trainer.train(600)                                           # or trainer.step() in your own loop
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from .fields import N_to_reso, StreamTensorBase, StreamTensorCP, StreamTensorVMSplit
+from .fitting import FitSettings, Trainer, field_from_args
+from .rendering import alpha_weights, composite_depth, composite_rgb, render_chunked, render_image, render_rays
+from .sampling import SAMPLERS, build_sampler
+
+MODELS: dict[str, Callable[..., StreamTensorBase]] = {
+    "StreamTensorVMSplit": StreamTensorVMSplit,
+    "StreamTensorCP": StreamTensorCP,
+}
+
+
+class ModelError(ValueError):
+    """An unknown model name or bad model options."""
+
+
+def build_model(model_name: str, aabb, grid_size, **kwargs) -> StreamTensorBase:
+    """A new field of class ``MODELS[model_name]`` (kwargs: the release's constructor names)."""
+    if model_name not in MODELS:
+        raise ModelError(f"unknown model_name {model_name!r}: choose one of {sorted(MODELS)}")
+    return MODELS[model_name](aabb, grid_size, **kwargs)
+
+
+__all__ = [
+    "MODELS", "SAMPLERS", "CheckpointError", "FitSettings", "ModelError", "N_to_reso", "StreamTensorBase",
+    "StreamTensorCP", "StreamTensorVMSplit", "Trainer", "alpha_weights", "build_model", "build_sampler",
+    "composite_depth", "composite_rgb", "field_from_args", "latest_checkpoint", "load_checkpoint", "render_chunked",
+    "render_image", "render_rays", "save_checkpoint",
+]

@@ -1,0 +1,320 @@
+"""Fitting a stream TensoRF field to a scene's images; shared by ``stream_train.py`` and the editing program.
+
+The :class:`Trainer` reads colours from ``scene.images`` at every step, so another process may replace images
+while it fits (the editing loop). Schedules follow the release (``spec/stream-tensorf.md``): Adam (0.9, 0.99),
+``lr *= lr_decay_target_ratio ** (1 / n_iters)`` after every step, TV weights decayed by the same factor before
+each use, grid upsampling after the iterations of ``upsamp_list`` with the optimizer rebuilt at the initial
+learning rates, periodic test evaluation, a checkpoint every ``n_iters // 10`` iterations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checkpoint import CKPT_NAME, checkpoint_name, save_checkpoint
+from .fields import N_to_reso, StreamTensorBase, n_samples_for, voxel_schedule
+from .regularizers import density_l1, orthogonality, tv_loss
+from .rendering import render_image, render_rays
+from .renders import write_image
+from .samplers import MotionSampler, UniformSampler
+from .sampling import build_sampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitSettings:
+    """Options of the fitting loop (the release's names; see ``models/config.py`` for their help)."""
+
+    n_iters: int = 30000
+    batch_size: int = 4096
+    lr_init: float = 0.02
+    lr_basis: float = 1e-3
+    lr_decay_iters: int = -1
+    lr_decay_target_ratio: float = 0.1
+    lr_upsample_reset: bool = True
+    upsamp_list: list[int] = field(default_factory=list)
+    N_voxel_init: int = 100**3
+    N_voxel_final: int = 300**3
+    nSamples: int = 1_000_000
+    step_ratio: float = 0.5
+    TV_weight_density: float = 0.0
+    TV_weight_app: float = 0.0
+    L1_weight_inital: float = 0.0
+    Ortho_weight: float = 0.0
+    white_bkgd: bool = False
+    N_vis: int = 5
+    vis_every: int = 10000
+    progress_refresh_rate: int = 10
+    ckpt_every: int = -1
+    uniform_sampling_from: int = -1
+    sampling: str = "dense"
+    seed: int = 20211202
+    chunk: int = 4096
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FitSettings:
+        """Settings from parsed options (missing ones keep their defaults)."""
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None)
+                  is not None}
+        return cls(**values)
+
+    @property
+    def decay_iters(self) -> int:
+        return self.lr_decay_iters if self.lr_decay_iters > 0 else self.n_iters
+
+    @property
+    def lr_factor(self) -> float:
+        """Per-step multiplier of the learning rates and TV weights."""
+        return self.lr_decay_target_ratio ** (1 / self.decay_iters)
+
+    @property
+    def checkpoint_period(self) -> int:
+        return self.ckpt_every if self.ckpt_every > 0 else max(1, self.n_iters // 10)
+
+
+def field_from_args(args: argparse.Namespace, scene) -> StreamTensorBase:
+    """A new field for ``scene`` from the release's options (grid at ``N_voxel_init`` in the scene box)."""
+    from . import build_model
+
+    reso = N_to_reso(args.N_voxel_init, scene.scene_box)
+    return build_model(
+        args.model_name, scene.scene_box, reso, density_n_comp=args.n_lamb_sigma, appearance_n_comp=args.n_lamb_sh,
+        app_dim=args.data_dim_color, near_far=scene.near_far, shadingMode=args.shadingMode,
+        alphaMask_thres=args.alpha_mask_thre, density_shift=args.density_shift, distance_scale=args.distance_scale,
+        rayMarch_weight_thres=args.rm_weight_mask_thre, pos_pe=args.pos_pe, view_pe=args.view_pe,
+        fea_pe=args.fea_pe, featureC=args.featureC, step_ratio=args.step_ratio, fea2denseAct=args.fea2denseAct,
+        num_frames=scene.num_frames, ld_per_frame=args.ld_per_frame)
+
+
+def psnr_from_mse(mse: float) -> float:
+    return -10.0 * math.log10(max(mse, 1e-12))
+
+
+class Trainer:
+    """Fits ``field`` to ``scene.images``, one batch of one frame per step.
+
+    Args:
+        field: the field (moved to ``device``).
+        scene: a :class:`dataloader.Scene`; colours are read from ``scene.images`` at every step.
+        settings: schedules and loss weights.
+        device: where the field runs.
+        run_dir: where checkpoints, TensorBoard logs and periodic test renders go; None writes nothing.
+        start_iteration: first iteration to run (the saved iteration + 1 when resuming).
+        optimizer_state: an optimizer ``state_dict`` to resume Adam's moments.
+        tensorboard: write TensorBoard scalars into ``run_dir``.
+
+    Attributes:
+        iteration: the next iteration to run.
+    """
+
+    def __init__(self, field: StreamTensorBase, scene, settings: FitSettings, *, device: str | torch.device = "cpu",
+                 run_dir: str | Path | None = None, start_iteration: int = 0, optimizer_state: dict | None = None,
+                 tensorboard: bool = True):
+        self.device = torch.device(device)
+        self.field = field.to(self.device)
+        self.scene = scene
+        self.settings = settings
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.iteration = int(start_iteration)
+        self.generator = torch.Generator().manual_seed(settings.seed + self.iteration)
+        self.sampler = build_sampler(settings.sampling, scene.ndc)
+        self.pixel_sampler: UniformSampler | None = None
+        factor = settings.lr_factor
+        voxels = voxel_schedule(settings.N_voxel_init, settings.N_voxel_final, len(settings.upsamp_list))
+        self.upsample_at = dict(zip(settings.upsamp_list, voxels))
+        self.n_samples = min(int(settings.nSamples), n_samples_for(self.field.gridSize, settings.step_ratio))
+        self.tv_density = settings.TV_weight_density * factor**self.iteration
+        self.tv_app = settings.TV_weight_app * factor**self.iteration
+        self.optimizer = self._build_optimizer(self.lr_scale_at(self.iteration))
+        if optimizer_state is not None:
+            try:
+                self.optimizer.load_state_dict(optimizer_state)
+            except ValueError as err:
+                log.warning("optimizer state not restored (%s); Adam restarts with fresh moments", err)
+        self.writer = None
+        if self.run_dir is not None and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir))
+        self.recent_psnr: list[float] = []
+        self.test_psnr: float | None = None
+
+    # -- schedules -------------------------------------------------------------------------------------------
+    def lr_scale_at(self, iteration: int) -> float:
+        """Learning-rate multiplier (of ``lr_init``/``lr_basis``) at the start of ``iteration``."""
+        s = self.settings
+        done = [u for u in s.upsamp_list if u < iteration]
+        if done:
+            last = max(done)
+            base = 1.0 if s.lr_upsample_reset else s.lr_decay_target_ratio ** (last / s.n_iters)
+            return base * s.lr_factor ** (iteration - 1 - last)
+        return s.lr_factor**iteration
+
+    def _build_optimizer(self, scale: float) -> torch.optim.Optimizer:
+        groups = self.field.param_groups(self.settings.lr_init * scale, self.settings.lr_basis * scale)
+        return torch.optim.Adam(groups, betas=(0.9, 0.99))
+
+    def _pixel_sampler(self) -> UniformSampler:
+        start = self.settings.uniform_sampling_from
+        uniform = 0 <= start <= self.iteration
+        if self.pixel_sampler is None or (uniform and isinstance(self.pixel_sampler, MotionSampler)):
+            kind = UniformSampler if uniform else MotionSampler
+            log.info("pixel sampling: %s from iteration %d", kind.__name__, self.iteration)
+            self.pixel_sampler = kind(self.scene, self.settings.batch_size, generator=self.generator)
+        return self.pixel_sampler
+
+    def upsample(self, n_voxels: int) -> None:
+        """Resize the grid to hold ``n_voxels`` and rebuild the optimizer (at the initial rates when
+        ``lr_upsample_reset``)."""
+        s = self.settings
+        reso = N_to_reso(n_voxels, self.field.aabb.cpu())
+        self.n_samples = min(int(s.nSamples), n_samples_for(reso, s.step_ratio))
+        self.field.upsample(reso)
+        scale = 1.0 if s.lr_upsample_reset else s.lr_decay_target_ratio ** (self.iteration / s.n_iters)
+        self.optimizer = self._build_optimizer(scale)
+
+    # -- one step --------------------------------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        """Run iteration ``self.iteration``: one batch, one optimizer step, the schedules; then advance.
+
+        Returns:
+            ``iteration``, ``mse``, ``psnr`` and the regularizer values of this step.
+        """
+        s, field_, scene = self.settings, self.field, self.scene
+        batch = self._pixel_sampler()()
+        rays_o, rays_d, _ = scene.rays(batch.frame, batch.cams, batch.ys, batch.xs)
+        target = scene.rgb(batch.frame, batch.cams, batch.ys, batch.xs).to(self.device)
+        t = float(scene.times[batch.frame])
+        white_bg = s.white_bkgd or bool(torch.rand(1, generator=self.generator) < 0.5)
+        out = render_rays(field_, self.sampler, rays_o.to(self.device), rays_d.to(self.device), t,
+                          n_samples=self.n_samples, train=True, white_bg=white_bg, generator=self.generator)
+        mse = F.mse_loss(out["rgb"], target)
+        total = mse
+        stats = {}
+        if s.Ortho_weight > 0:
+            reg = orthogonality(field_)
+            total = total + s.Ortho_weight * reg
+            stats["reg"] = reg.item()
+        if s.L1_weight_inital > 0:
+            reg = density_l1(field_)
+            total = total + s.L1_weight_inital * reg
+            stats["reg_l1"] = reg.item()
+        if self.tv_density > 0:
+            self.tv_density *= s.lr_factor
+            reg = tv_loss(field_, "density") * self.tv_density
+            total = total + reg
+            stats["reg_tv_density"] = reg.item()
+        if self.tv_app > 0:
+            self.tv_app *= s.lr_factor
+            reg = tv_loss(field_, "app") * self.tv_app
+            total = total + reg
+            stats["reg_tv_app"] = reg.item()
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] * s.lr_factor
+
+        iteration = self.iteration
+        if iteration in self.upsample_at:
+            self.upsample(self.upsample_at[iteration])
+        self.iteration += 1
+        mse_value = mse.item()
+        return {"iteration": iteration, "mse": mse_value, "psnr": psnr_from_mse(mse_value), **stats}
+
+    # -- loop ------------------------------------------------------------------------------------------------
+    def train(self, n: int | None = None, progress: bool = True) -> dict[str, float]:
+        """Run ``n`` steps (default: up to ``settings.n_iters``) with logging, periodic test renders and
+        checkpoints (the last two only with a ``run_dir``).
+
+        Returns:
+            The last step's stats, plus ``test_psnr`` when a test evaluation ran.
+        """
+        s = self.settings
+        end = s.n_iters if n is None else self.iteration + n
+        stats: dict[str, float] = {}
+        bar = tqdm(range(self.iteration, end), disable=not progress, miniters=s.progress_refresh_rate,
+                   dynamic_ncols=True)
+        for _ in bar:
+            stats = self.step()
+            iteration = stats["iteration"]
+            self.recent_psnr.append(stats["psnr"])
+            if self.writer is not None:
+                self.writer.add_scalar("train/PSNR", stats["psnr"], iteration)
+                self.writer.add_scalar("train/mse", stats["mse"], iteration)
+                for key, value in stats.items():
+                    if key.startswith("reg"):
+                        self.writer.add_scalar(f"train/{key}", value, iteration)
+            if iteration % s.progress_refresh_rate == 0:
+                test = f"{self.test_psnr:.2f}" if self.test_psnr is not None else "-"
+                bar.set_description(f"Iteration {iteration:05d}: train_psnr = {np.mean(self.recent_psnr):.2f} "
+                                    f"test_psnr = {test} mse = {stats['mse']:.6f}")
+                self.recent_psnr = []
+            if s.vis_every > 0 and s.N_vis != 0 and iteration % s.vis_every == s.vis_every - 1:
+                self.test_psnr = self.evaluate(s.N_vis, prefix=f"{iteration:06d}_", n_samples=self.n_samples)
+                stats["test_psnr"] = self.test_psnr
+                if self.writer is not None:
+                    self.writer.add_scalar("test/psnr", self.test_psnr, iteration)
+            if self.run_dir is not None and iteration % s.checkpoint_period == 0:
+                self.save()
+        if self.writer is not None:
+            self.writer.flush()
+        return stats
+
+    @torch.no_grad()
+    def evaluate(self, n_vis: int = -1, prefix: str = "", n_samples: int | None = None,
+                 save: bool = True) -> float:
+        """Mean PSNR of the test cameras against ``scene.images`` at ``n_vis`` evenly spaced frames (-1: all).
+
+        Renders go to ``{run_dir}/imgs_vis/{prefix}cam{XX}_{frame:03d}.png`` (colour | depth) when ``save``.
+        """
+        scene = self.scene
+        step = 1 if n_vis < 0 else max(scene.num_frames // max(n_vis, 1), 1)
+        frames = list(range(0, scene.num_frames, step))
+        psnrs = []
+        for cam in scene.test_cams:
+            for frame in frames:
+                out = render_image(self.field, self.sampler, scene, frame, cam, n_samples=n_samples,
+                                   chunk=self.settings.chunk, white_bg=self.settings.white_bkgd)
+                mse = torch.mean((out["rgb"].cpu() - scene.image(frame, cam)) ** 2).item()
+                psnrs.append(psnr_from_mse(mse))
+                if save and self.run_dir is not None:
+                    from .renders import depth_to_color
+
+                    rgb = (out["rgb"].cpu().numpy() * 255).astype(np.uint8)
+                    depth = depth_to_color(out["depth"].cpu().numpy(), scene.near_far)
+                    write_image(self.run_dir / "imgs_vis" / f"{prefix}cam{scene.cam_ids[cam]:02d}_{frame:03d}.png",
+                                np.concatenate([rgb, depth], axis=1))
+        return float(np.mean(psnrs)) if psnrs else float("nan")
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def save(self, path: str | Path | None = None, keep_others: bool = False) -> Path | None:
+        """Checkpoint after the last completed iteration (``{run_dir}/ckpt-{iteration}.th``, atomically), with the
+        optimizer state; older ``ckpt-*.th`` of the run dir are then removed unless ``keep_others`` (not when
+        ``path`` is given)."""
+        if self.iteration == 0 and path is None:
+            log.info("no iteration completed yet: nothing to checkpoint")
+            return None
+        auto = path is None
+        if auto:
+            if self.run_dir is None:
+                raise ValueError("Trainer.save needs a path when the trainer has no run_dir")
+            path = self.run_dir / checkpoint_name(self.iteration - 1)
+        path = save_checkpoint(self.field, path, iteration=self.iteration - 1, optimizer=self.optimizer)
+        if auto and not keep_others:
+            for old in path.parent.glob("ckpt-*.th"):
+                if old != path and CKPT_NAME.search(old.name):
+                    old.unlink()
+        log.info("checkpoint saved: %s", path)
+        return path

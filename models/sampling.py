@@ -1,0 +1,133 @@
+"""Ray sampling: where along each ray the field is evaluated. Pure functions plus small sampler objects.
+
+Two spaces, as in the release: forward-facing NDC (``sample_ndc``: evenly spaced in [near, far], jittered in
+training) and a world box (``sample_box``: fixed steps from the ray's entry into the box). A sampler object
+(:data:`SAMPLERS`, chosen by ``--sampling``) wraps them so another strategy (e.g. occupancy-grid skipping) can be
+plugged into :func:`models.rendering.render_rays` without touching fields or compositing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class RaySamples:
+    """Samples along a batch of rays.
+
+    Attributes:
+        xyz: ``[n_rays, n_samples, 3]`` box-space points.
+        z_vals: ``[n_rays or 1, n_samples]`` ray parameters (shared by all rays in NDC).
+        dists: ``[n_rays, n_samples]`` distance to the next sample (last = 0), before ``distance_scale``.
+        viewdirs: ``[n_rays, 3]`` unit ray directions.
+        valid: ``[n_rays, n_samples]`` bool, False outside the box.
+    """
+
+    xyz: Tensor
+    z_vals: Tensor
+    dists: Tensor
+    viewdirs: Tensor
+    valid: Tensor
+
+
+def inside_box(xyz: Tensor, aabb: Tensor) -> Tensor:
+    """``[..., 3]`` points -> ``[...]`` bool, True inside the closed box ``aabb [2, 3]``."""
+    return ~((aabb[0] > xyz) | (xyz > aabb[1])).any(dim=-1)
+
+
+def next_distances(z_vals: Tensor) -> Tensor:
+    """``z_{i+1} - z_i`` with 0 for the last sample, ``[..., S]`` -> ``[..., S]``."""
+    return torch.cat([z_vals[..., 1:] - z_vals[..., :-1], torch.zeros_like(z_vals[..., :1])], dim=-1)
+
+
+def sample_ndc(rays_o: Tensor, rays_d: Tensor, near: float, far: float, n_samples: int, aabb: Tensor,
+               train: bool, generator: torch.Generator | None = None) -> RaySamples:
+    """Evenly spaced NDC samples, jittered in training by one random row shared by the batch.
+
+    Args:
+        rays_o, rays_d: ``[n_rays, 3]`` NDC rays (directions not normalized).
+        near, far: sampling range of the ray parameter.
+        n_samples: samples per ray.
+        aabb: ``[2, 3]`` box; samples outside are invalid.
+        train: add the jitter ``U[0, (far - near) / n_samples)`` per sample position.
+        generator: random source of the jitter.
+
+    Returns:
+        Samples with ``dists`` scaled by ``|rays_d|`` and unit ``viewdirs``.
+    """
+    z_vals = torch.linspace(near, far, n_samples, device=rays_o.device, dtype=rays_o.dtype).unsqueeze(0)
+    if train:
+        jitter = torch.rand(z_vals.shape, generator=generator, device=generator.device if generator else None)
+        z_vals = z_vals + jitter.to(z_vals) * ((far - near) / n_samples)
+    xyz = rays_o[:, None, :] + rays_d[:, None, :] * z_vals[..., None]
+    norm = torch.linalg.norm(rays_d, dim=-1, keepdim=True)
+    dists = next_distances(z_vals) * norm
+    return RaySamples(xyz=xyz, z_vals=z_vals, dists=dists, viewdirs=rays_d / norm, valid=inside_box(xyz, aabb))
+
+
+def sample_box(rays_o: Tensor, rays_d: Tensor, near: float, far: float, n_samples: int, step: float, aabb: Tensor,
+               train: bool, generator: torch.Generator | None = None) -> RaySamples:
+    """Samples every ``step`` from where a ray enters the box (clamped to [near, far]); one jitter per ray.
+
+    Args:
+        rays_o, rays_d: ``[n_rays, 3]`` world rays; directions are normalized here, so ``z_vals`` are distances.
+        near, far: clamp of the entry parameter.
+        n_samples: samples per ray.
+        step: spacing of the samples.
+        aabb: ``[2, 3]`` box; samples outside are invalid.
+        train: shift each ray's samples by ``U[0, 1) * step``.
+        generator: random source of the jitter.
+    """
+    viewdirs = rays_d / torch.linalg.norm(rays_d, dim=-1, keepdim=True)
+    vec = torch.where(viewdirs == 0, torch.full_like(viewdirs, 1e-6), viewdirs)
+    rate_a = (aabb[1] - rays_o) / vec
+    rate_b = (aabb[0] - rays_o) / vec
+    t_min = torch.minimum(rate_a, rate_b).amax(-1).clamp(min=near, max=far)
+    steps = torch.arange(n_samples, device=rays_o.device, dtype=rays_o.dtype)[None].expand(rays_o.shape[0], -1)
+    if train:
+        jitter = torch.rand((rays_o.shape[0], 1), generator=generator, device=generator.device if generator else None)
+        steps = steps + jitter.to(steps)
+    z_vals = t_min[:, None] + step * steps
+    xyz = rays_o[:, None, :] + viewdirs[:, None, :] * z_vals[..., None]
+    return RaySamples(xyz=xyz, z_vals=z_vals, dists=next_distances(z_vals), viewdirs=viewdirs,
+                      valid=inside_box(xyz, aabb))
+
+
+class RaySampler(Protocol):
+    """What :func:`models.rendering.render_rays` needs from a sampler."""
+
+    def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
+                 generator: torch.Generator | None = None) -> RaySamples: ...
+
+
+class DenseSampler:
+    """The release's sampling: every ray gets ``n_samples`` samples (NDC or box), nothing is skipped.
+
+    Args:
+        ndc: rays are in NDC (``ndc_ray = 1``).
+    """
+
+    def __init__(self, ndc: bool):
+        self.ndc = ndc
+
+    def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
+                 generator: torch.Generator | None = None) -> RaySamples:
+        near, far = field.near_far
+        if self.ndc:
+            return sample_ndc(rays_o, rays_d, near, far, n_samples, field.aabb, train, generator)
+        return sample_box(rays_o, rays_d, near, far, n_samples, field.step_size, field.aabb, train, generator)
+
+
+SAMPLERS: dict[str, Callable[..., RaySampler]] = {"dense": DenseSampler}
+
+
+def build_sampler(name: str, ndc: bool) -> RaySampler:
+    """The sampler registered under ``name`` (``--sampling``)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampling {name!r}: choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name](ndc=ndc)

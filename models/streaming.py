@@ -1,0 +1,114 @@
+"""Per-frame channel streaming of the stream TensoRF factors (``spec/stream-tensorf.md``, "The field").
+
+Every plane/line factor stores ``C = n_comp + ceil((num_frames - 1) * ld)`` channels; at time ``t`` only
+``n_comp`` of them are used. A new channel enters every ``1 / ld`` frames and an old one leaves; between two rows of
+the table the entering channel is blended linearly with the one it replaces. ``0 < ld_per_frame <= 1`` (what the
+spec covers); ``ld_per_frame == 0`` turns streaming off (every stored channel is used at every time).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class StreamingError(ValueError):
+    """A streaming setting (``n_comp``, ``num_frames``, ``ld_per_frame``) cannot be used; the message says why."""
+
+
+def check_ld_per_frame(ld_per_frame: float) -> float:
+    """``ld_per_frame`` as a float, refusing values outside ``[0, 1]``."""
+    if not 0 <= ld_per_frame <= 1:
+        raise StreamingError(f"ld_per_frame = {ld_per_frame} must be in [0, 1] (new channels per frame; 0 turns "
+                             "streaming off): fix ld_per_frame in the config")
+    return float(ld_per_frame)
+
+
+def stored_channels(n_comp: int, num_frames: int, ld_per_frame: float) -> int:
+    """Channels stored per factor: ``n_comp + ceil((num_frames - 1) * ld_per_frame)``."""
+    return n_comp + math.ceil((num_frames - 1) * check_ld_per_frame(ld_per_frame))
+
+
+def channel_table(n_comp: int, num_frames: int, ld_per_frame: float) -> list[tuple[list[int], list[int]]]:
+    """Rows ``(idx, perm)`` of the streaming table.
+
+    ``idx = [blend_from, blend_to, rest...]`` indexes stored channels; ``perm`` orders the ``n_comp`` selected
+    channels. Row ``r`` serves times in ``[r / R, (r + 1) / R)`` for ``R`` rows.
+    """
+    ld = check_ld_per_frame(ld_per_frame)
+    if n_comp < 1:
+        raise StreamingError(f"streaming needs at least one channel per factor, got n_comp = {n_comp}")
+    interval = int(1 / ld) if ld > 0 else 0
+    base = list(range(1, n_comp))
+    rows = [([0, n_comp] + list(range(1, n_comp)), list(range(n_comp)))]
+    last = 0
+    for frame in range(1, num_frames - 1):
+        if interval == 0 or frame % interval:
+            continue
+        last = (last + 1) % n_comp
+        prev_idx, prev_perm = rows[-1]
+        ordered = [prev_idx[1:][p] for p in prev_perm]  # the channels in output order
+        ordered.pop(last)
+        rows.append(([min(prev_idx) + 1, max(prev_idx) + 1] + ordered, base[:last] + [0] + base[last:]))
+    return rows
+
+
+def row_and_blend(t: float, num_rows: int) -> tuple[int, float, float]:
+    """Row used at time ``t`` and the blend weights ``(left, right)`` of its entering / leaving channel."""
+    if t == 1:
+        return num_rows - 1, 1.0, 0.0
+    value = t * num_rows
+    row = int(value)
+    return row, value - row, row + 1 - value
+
+
+@dataclass
+class ChannelStream:
+    """Picks the ``n_comp`` channels of a stored factor that are live at time ``t``.
+
+    Args:
+        n_comp: channels used per time.
+        num_frames: frames the model was trained on.
+        ld_per_frame: new channels per frame (see the module docstring).
+    """
+
+    n_comp: int
+    num_frames: int
+    ld_per_frame: float
+
+    def __post_init__(self) -> None:
+        self.enabled = check_ld_per_frame(self.ld_per_frame) > 0
+        self.rows = channel_table(self.n_comp, self.num_frames, self.ld_per_frame) if self.enabled else []
+        self.stored = stored_channels(self.n_comp, self.num_frames, self.ld_per_frame) if self.enabled else self.n_comp
+
+    def select(self, stored: Tensor, t: float) -> Tensor:
+        """Live channels at time ``t``.
+
+        Args:
+            stored: ``[1, C, a, b]`` a stored plane or line.
+            t: time in [0, 1] (a Python float: the row choice must not depend on the device's rounding).
+
+        Returns:
+            ``[1, n_comp, a, b]``.
+        """
+        if not self.enabled:
+            return stored
+        row, left, right = row_and_blend(float(t), len(self.rows))
+        idx, perm = self.rows[row]
+        if left == 0:
+            feat = stored[:, [idx[0]] + idx[2:]]
+        elif right == 0:
+            feat = stored[:, idx[1:]]
+        else:
+            feat = stored[:, idx]
+            feat = torch.cat([feat[:, :1] * right + feat[:, 1:2] * left, feat[:, 2:]], dim=1)
+        return feat[:, perm]
+
+    def reachable(self) -> set[int]:
+        """Stored channel indices used at some time (for checks: every stored channel should be)."""
+        if not self.enabled:
+            return set(range(self.stored))
+        return {c for idx, _ in self.rows for c in idx}

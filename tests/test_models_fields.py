@@ -1,0 +1,104 @@
+"""Fields, shading modes, regularizers and the model registry (models/fields.py, shading.py, regularizers.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import MODELS, ModelError, N_to_reso, build_model, build_sampler, render_rays
+from models.fields import n_samples_for, voxel_schedule
+from models.regularizers import density_l1, orthogonality, total_variation, tv_loss
+from models.shading import ShadingError, positional_encoding
+
+BOX = torch.tensor([[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]])
+
+
+def tiny(model_name="StreamTensorVMSplit", shading="MLP_Fea", app_dim=27, **kw):
+    torch.manual_seed(0)
+    return build_model(model_name, BOX, [8, 9, 6], density_n_comp=[4, 2, 2], appearance_n_comp=[4, 2, 2],
+                       app_dim=app_dim, shadingMode=shading, near_far=[0.0, 1.0], view_pe=2, fea_pe=2, pos_pe=2,
+                       featureC=16, fea2denseAct="relu", num_frames=6, ld_per_frame=0.5, **kw)
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+@pytest.mark.parametrize("shading,app_dim", [("MLP_Fea", 27), ("MLP_PE", 27), ("MLP", 27), ("SH", 27), ("RGB", 3)])
+def test_field_interface(model_name, shading, app_dim):
+    field = tiny(model_name, shading, app_dim)
+    xyz = torch.rand(10, 3) * 2 - 1
+    sigma = field.density(xyz, 0.3)
+    feats = field.app_features(xyz, 0.3)
+    rgb = field.color(xyz, torch.nn.functional.normalize(torch.randn(10, 3), dim=-1), feats)
+    assert sigma.shape == (10,) and (sigma >= 0).all()
+    assert feats.shape == (10, app_dim) and rgb.shape == (10, 3)
+
+
+def test_release_state_dict_keys():
+    keys = set(tiny().state_dict())
+    for name in ("density_plane.0", "density_line.2", "app_plane.1", "app_line.0", "basis_mat.weight",
+                 "renderModule.mlp.0.weight", "renderModule.mlp.4.bias", "target_portion"):
+        assert name in keys
+    assert "aabb" not in keys
+    # stored channels: n_comp + ceil((6 - 1) * 0.5) = n_comp + 3; planes [1, C, res_b, res_a]
+    assert tiny().state_dict()["density_plane.0"].shape == (1, 7, 9, 8)
+    assert tiny().state_dict()["density_line.0"].shape == (1, 7, 6, 1)
+
+
+def test_unknown_names_are_errors():
+    with pytest.raises(ModelError, match="StreamTensorVMSplit"):
+        build_model("TensorVMSplit", BOX, [4, 4, 4])
+    with pytest.raises(ShadingError, match="MLP_Fea"):
+        tiny(shading="Phong")
+
+
+def test_positional_encoding_order():
+    pe = positional_encoding(torch.tensor([[1.0, 2.0]]), 2)
+    expected = torch.tensor([[1.0, 2.0, 2.0, 4.0]])  # dimension-major: x*1, x*2, y*1, y*2
+    assert torch.allclose(pe, torch.cat([expected.sin(), expected.cos()], dim=-1))
+
+
+def test_grid_sizes_and_sample_counts():
+    # the n3dv configs: 128^3 -> 640^3 voxels in the NDC box, upsampled 4 times
+    assert N_to_reso(2097156, BOX) == [141, 157, 94]
+    counts = voxel_schedule(2097156, 262144000, 4)
+    assert abs(counts[-1] - 262144000) < 1000 and len(counts) == 4  # float32, as in the release
+    assert N_to_reso(counts[-1], BOX) == [706, 786, 471]
+    assert n_samples_for([141, 157, 94], 0.5) == int((141**2 + 157**2 + 94**2) ** 0.5 / 0.5)
+    field = tiny()
+    step = (BOX[1] - BOX[0]) / (torch.tensor([8, 9, 6]) - 1)
+    expected = int(torch.linalg.norm(BOX[1] - BOX[0]) / (step.mean() * 2.0)) + 1  # default step_ratio 2.0
+    assert field.n_samples_full == expected
+
+
+def test_upsample_keeps_values_at_grid_corners():
+    field = tiny()
+    before = field.density_plane[0].detach().clone()
+    field.upsample([15, 17, 11])
+    after = field.density_plane[0]
+    assert after.shape == (1, 7, 17, 15)
+    assert torch.allclose(after[..., 0, 0], before[..., 0, 0]) and torch.allclose(after[..., -1, -1],
+                                                                                  before[..., -1, -1])
+    assert field.density_line[0].shape == (1, 7, 11, 1) and field.gridSize == [15, 17, 11]
+
+
+def test_regularizers_by_hand():
+    x = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])  # h diffs 2, 2; w diffs 1, 1
+    assert total_variation(x).item() == pytest.approx(2 * (8 / 2 + 2 / 2))
+    line = torch.tensor([[[[0.0], [1.0], [3.0]]]])  # a line: only its length axis counts
+    assert total_variation(line).item() == pytest.approx(2 * (1 + 4) / 2)
+    field = tiny()
+    assert tv_loss(field, "density").item() > 0 and tv_loss(field, "app").item() > 0
+    assert density_l1(field).item() > 0 and orthogonality(field).item() > 0
+    cp = tiny("StreamTensorCP")
+    assert tv_loss(cp, "density").item() > 0 and orthogonality(cp).item() > 0
+
+
+def test_render_rays_shapes_and_gradients():
+    field = tiny()
+    sampler = build_sampler("dense", ndc=True)
+    rays_o = torch.tensor([[0.0, 0.0, -1.0]]).repeat(7, 1) + torch.randn(7, 3) * 0.1
+    rays_d = torch.tensor([[0.0, 0.0, 2.0]]).repeat(7, 1)
+    out = render_rays(field, sampler, rays_o, rays_d, 0.5, n_samples=16, train=True,
+                      generator=torch.Generator().manual_seed(0))
+    assert out["rgb"].shape == (7, 3) and out["depth"].shape == (7,) and out["acc"].shape == (7,)
+    out["rgb"].sum().backward()
+    assert field.density_plane[0].grad is not None and field.app_plane[0].grad is not None

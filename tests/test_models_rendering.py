@@ -1,0 +1,75 @@
+"""Compositing and ray sampling (models/rendering.py, models/sampling.py) with answers known by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.rendering import alpha_weights, composite_depth, composite_rgb
+from models.sampling import next_distances, sample_box, sample_ndc
+
+BOX = torch.tensor([[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]])
+
+
+def test_uniform_weights_over_white_colour_give_one():
+    weights = torch.full((2, 4), 0.25)
+    rgb = torch.ones(2, 4, 3)
+    assert torch.allclose(composite_rgb(weights, rgb, white_bg=False), torch.ones(2, 3))
+    assert torch.allclose(composite_rgb(weights, rgb, white_bg=True), torch.ones(2, 3))
+
+
+def test_opaque_first_sample_takes_all_weight():
+    sigma = torch.tensor([[1e4, 5.0, 5.0]])
+    _, weights = alpha_weights(sigma, torch.ones(1, 3))
+    assert weights[0, 0] == pytest.approx(1.0)
+    assert weights[0, 1:].abs().max() < 1e-8
+    z = torch.tensor([[0.2, 0.5, 0.9]])
+    assert composite_depth(weights, z, torch.tensor([7.0])).item() == pytest.approx(0.2)
+
+
+def test_two_half_opaque_samples():
+    sigma = torch.full((1, 2), math.log(2.0))  # alpha = 1/2 each
+    alpha, weights = alpha_weights(sigma, torch.ones(1, 2))
+    assert torch.allclose(alpha, torch.tensor([[0.5, 0.5]]))
+    assert torch.allclose(weights, torch.tensor([[0.5, 0.25]]))
+    rgb = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    assert torch.allclose(composite_rgb(weights, rgb, white_bg=False), torch.tensor([[0.5, 0.25, 0.0]]))
+    assert torch.allclose(composite_rgb(weights, rgb, white_bg=True), torch.tensor([[0.75, 0.5, 0.25]]))
+
+
+def test_empty_ray():
+    _, weights = alpha_weights(torch.zeros(1, 5), torch.ones(1, 5))
+    assert weights.abs().max() == 0
+    assert composite_rgb(weights, torch.rand(1, 5, 3), white_bg=False).abs().max() == 0
+    assert torch.allclose(composite_rgb(weights, torch.rand(1, 5, 3), white_bg=True), torch.ones(1, 3))
+    # the release's depth falls back to the ray direction's z where nothing is hit
+    assert composite_depth(weights, torch.linspace(0, 1, 5)[None], torch.tensor([0.8])).item() == pytest.approx(0.8)
+
+
+def test_next_distances_last_is_zero():
+    assert torch.equal(next_distances(torch.tensor([[0.0, 0.25, 0.75]])), torch.tensor([[0.25, 0.5, 0.0]]))
+
+
+def test_ndc_sampling_eval_and_jitter():
+    rays_o = torch.tensor([[0.0, 0.0, -1.0], [5.0, 0.0, -1.0]])
+    rays_d = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 2.0]])
+    s = sample_ndc(rays_o, rays_d, 0.0, 1.0, 5, BOX, train=False)
+    assert torch.allclose(s.z_vals, torch.linspace(0, 1, 5)[None])
+    assert torch.allclose(s.dists[0], torch.tensor([0.5, 0.5, 0.5, 0.5, 0.0]))  # 0.25 * |d| = 0.5
+    assert torch.allclose(s.viewdirs, torch.tensor([[0.0, 0.0, 1.0]] * 2))
+    assert s.valid[0].all() and not s.valid[1].any()  # the second ray runs outside the box
+    g = torch.Generator().manual_seed(0)
+    j = sample_ndc(rays_o, rays_d, 0.0, 1.0, 5, BOX, train=True, generator=g)
+    shift = j.z_vals - s.z_vals
+    assert j.z_vals.shape == (1, 5)  # one jitter row shared by the batch
+    assert (shift >= 0).all() and (shift < 0.2).all() and shift.std() > 0
+
+
+def test_box_sampling_starts_at_the_box():
+    rays_o = torch.tensor([[0.0, 0.0, -5.0]])
+    rays_d = torch.tensor([[0.0, 0.0, 3.0]])  # normalized inside
+    s = sample_box(rays_o, rays_d, 0.0, 100.0, 4, 0.5, BOX, train=False)
+    assert torch.allclose(s.z_vals, torch.tensor([[4.0, 4.5, 5.0, 5.5]]))
+    assert torch.allclose(s.xyz[0, :, 2], torch.tensor([-1.0, -0.5, 0.0, 0.5]))

@@ -1,0 +1,66 @@
+"""The per-frame channel-streaming table (models/streaming.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.streaming import ChannelStream, StreamingError, channel_table, stored_channels
+
+
+def numbered(channels: int) -> torch.Tensor:
+    """A stored factor ``[1, C, 1, 1]`` whose channel c holds the value c."""
+    return torch.arange(channels, dtype=torch.float32).view(1, channels, 1, 1)
+
+
+def picked(stream: ChannelStream, t: float) -> list[float]:
+    return stream.select(numbered(stream.stored), t).flatten().tolist()
+
+
+def test_table_rows_by_hand():
+    # 3 channels, 5 frames, a new channel every 2 frames: rows change at frame 2 only
+    rows = channel_table(3, 5, 0.5)
+    assert rows == [([0, 3, 1, 2], [0, 1, 2]), ([1, 4, 3, 2], [1, 0, 2])]
+    assert stored_channels(3, 5, 0.5) == 5
+
+
+def test_frame0_and_frame1_pick_expected_channels():
+    stream = ChannelStream(3, 5, 0.5)
+    assert picked(stream, 0.0) == [0, 1, 2]  # frame 0: the first n_comp channels
+    assert picked(stream, 0.25) == [1.5, 1, 2]  # frame 1 of 5: channel 0 half-way to channel 3
+    assert picked(stream, 0.5) == [3, 1, 2]  # frame 2: channel 3 has replaced channel 0
+    assert picked(stream, 1.0) == [3, 4, 2]  # last frame: channel 4 has replaced channel 1
+
+
+def test_between_rows_blends_linearly():
+    stream = ChannelStream(3, 5, 0.5)
+    for t in (0.05, 0.1, 0.2, 0.3, 0.45):
+        first = picked(stream, t)[0]
+        assert first == pytest.approx((1 - 2 * t) * 0 + 2 * t * 3, abs=1e-6)
+    # second row: channel 1 (position 1) blends into channel 4
+    assert picked(stream, 0.75) == pytest.approx([3, 2.5, 2])
+
+
+@pytest.mark.parametrize("n_comp,num_frames,ld", [(16, 50, 0.5), (4, 50, 0.2), (48, 300, 0.1), (12, 300, 1.0)])
+def test_every_stored_channel_is_reachable(n_comp, num_frames, ld):
+    stream = ChannelStream(n_comp, num_frames, ld)
+    assert stream.reachable() == set(range(stream.stored))
+    for t in (0.0, 0.37, 1.0):
+        assert stream.select(numbered(stream.stored), t).shape == (1, n_comp, 1, 1)
+
+
+def test_release_channel_counts():
+    assert stored_channels(16, 50, 0.5) == 16 + 25
+    assert stored_channels(48, 300, 0.1) == 48 + 30
+
+
+def test_no_streaming_uses_all_channels():
+    stream = ChannelStream(3, 10, 0)
+    assert stream.stored == 3 and picked(stream, 0.6) == [0, 1, 2]
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(StreamingError, match="ld_per_frame = 2 must be in \\[0, 1\\]"):
+        channel_table(6, 10, 2)
+    with pytest.raises(StreamingError, match="ld_per_frame = -0.5"):
+        stored_channels(8, 10, -0.5)
