@@ -9,12 +9,12 @@ claims work the saved images do not hold.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from models.atomic import atomic_write
 
 STATE_FILE = "edit_state.json"
 IMAGES_FILE = "edited_images.npy"
@@ -22,20 +22,6 @@ IMAGES_FILE = "edited_images.npy"
 
 class ResumeError(ValueError):
     """The saved edit cannot be continued with the current settings."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path`` and rename it over ``path`` when complete."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class EditState:

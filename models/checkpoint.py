@@ -15,7 +15,6 @@ Checkpoints are pickles (they hold numpy arrays): load only files you trust.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .config import find_run_config, read_config_file
 from .fields import AlphaGridMask, FieldError, StreamTensorBase
 
@@ -78,13 +78,7 @@ def save_checkpoint(field: StreamTensorBase, path: str | Path, *, iteration: int
         ckpt["alphaMask.aabb"] = field.alphaMask.aabb.cpu()
     if optimizer is not None:
         ckpt["optimizer"] = optimizer.state_dict()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda handle: torch.save(ckpt, handle))
     return path
 
 

@@ -13,13 +13,14 @@ import argparse
 import ast
 import difflib
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import configargparse
 import torch
+
+from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +245,8 @@ def write_config(args: argparse.Namespace, path: str | Path, parser: argparse.Ar
         elif isinstance(value, (list, tuple)) and not value:
             continue
         lines.append(f"{dest} = {format_value(value)}")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    text = ("\n".join(lines) + "\n").encode()
+    atomic_write(path, lambda handle: handle.write(text))
     return path
 
 
