@@ -15,6 +15,15 @@ if str(ROOT) not in sys.path:
 torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on a shared 2-core machine two OpenMP threads can be many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --- synthetic scenes (dataloader) --------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def synthetic_scene_dir(tmp_path_factory) -> Path:

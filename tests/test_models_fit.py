@@ -16,14 +16,7 @@ TINY = ["--ndc_ray", "1", "--N_voxel_init", str(16**3), "--N_voxel_final", str(3
         "--featureC", "32", "--step_ratio", "1.0", "--ld_per_frame", "0.5", "--batch_size", "512", "--n_iters", "300",
         "--TV_weight_density", "1", "--TV_weight_app", "1", "--dataset_name", "synthetic"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine two OpenMP threads are many times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
