@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torchvision.utils import flow_to_image
 
-from ip2p_models.flow import FLOW_BACKENDS, make_flow
+from ip2p_models.cli import add_flow_arguments
+from ip2p_models.flow import make_flow
 from ip2p_models.image_io import fit_size, image_row, read_image, resize, save_image
 from ip2p_models.warp import reliable_mask, warp_by_flow
 
@@ -37,11 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="frame to warp")
     parser.add_argument("--target_img", type=Path, default=Path("examples/flow/frames/2.png"),
                         help="frame to warp into (resized to the source's size if it differs)")
-    parser.add_argument("--flow", choices=FLOW_BACKENDS, default=None,
-                        help="flow backend (default: raft when --raft_ckpt is given, else dis)")
-    parser.add_argument("--raft_ckpt", type=Path, default=None,
-                        help="RAFT weights: original raft-things.pth / raft-small.pth or a torchvision state dict")
-    parser.add_argument("--raft_iters", type=int, default=None, help="RAFT iterations (default 20 large, 12 small)")
+    add_flow_arguments(parser)  # --flow, --raft_ckpt, --raft_iters
     parser.add_argument("--resize", type=int, default=None,
                         help="long side in pixels to resize both images to (default: keep the size)")
     parser.add_argument("--photometric_threshold", type=float, default=0.05,

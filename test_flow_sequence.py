@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ip2p_models.cli import add_model_arguments, load_editor
-from ip2p_models.flow import FLOW_BACKENDS, make_flow
+from ip2p_models.cli import add_flow_arguments, add_model_arguments, load_editor
+from ip2p_models.flow import make_flow
 from ip2p_models.image_io import fit_size, image_row, list_images, read_image, resize, save_image
 from ip2p_models.sliding_window import Window, sliding_window_edit
 
@@ -50,11 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--photometric_threshold", type=float, default=0.05,
                         help="colour tolerance of the warp's photometric check in [0, 1]; <= 0 disables it")
     add_model_arguments(parser)  # --ip2p_model, --device/--ip2p_device, --ip2p_use_full_precision, ...
-    parser.add_argument("--flow", choices=FLOW_BACKENDS, default=None,
-                        help="flow backend (default: raft when --raft_ckpt is given, else dis)")
-    parser.add_argument("--raft_ckpt", type=Path, default=None,
-                        help="RAFT weights: original raft-things.pth / raft-small.pth or a torchvision state dict")
-    parser.add_argument("--raft_iters", type=int, default=None, help="RAFT iterations (default 20 large, 12 small)")
+    add_flow_arguments(parser)  # --flow, --raft_ckpt, --raft_iters
     parser.add_argument("--seed", type=int, default=7070, help="base seed (window i uses seed + i)")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/test_flow_sequence"), help="where to write")
     return parser.parse_args(argv)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -34,6 +35,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention_slicing", action="store_true", help="less memory, slower (small GPUs)")
     parser.add_argument("--cpu_offload", action="store_true",
                         help="keep the models on the CPU, move each to the GPU only while it runs (small GPUs)")
+
+
+def add_flow_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags that choose the optical-flow backend and its weights."""
+    from ip2p_models.flow import FLOW_BACKENDS
+
+    parser.add_argument("--flow", choices=FLOW_BACKENDS, default=None,
+                        help="flow backend (default: raft when --raft_ckpt is given, else dis)")
+    parser.add_argument("--raft_ckpt", type=Path, default=None,
+                        help="RAFT weights: original raft-things.pth / raft-small.pth or a torchvision state dict")
+    parser.add_argument("--raft_iters", type=int, default=None, help="RAFT iterations (default 20 large, 12 small)")
 
 
 def load_editor(args: argparse.Namespace, sequence_length: int | None = None):
