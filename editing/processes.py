@@ -71,12 +71,13 @@ class EditorPool:
         target: a picklable top-level function ``target(ctx: EditorContext, *args)``.
         images: the image store; moved to shared memory.
         per_editor_args: one argument tuple per editor process.
+        lock: the lock editors hold while writing (a spawn-context lock); a new one by default.
     """
 
-    def __init__(self, target: Callable, images: torch.Tensor, per_editor_args: Sequence[tuple]):
+    def __init__(self, target: Callable, images: torch.Tensor, per_editor_args: Sequence[tuple], lock=None):
         self.ctx = mp.get_context("spawn")
         images.share_memory_()
-        self.lock = self.ctx.Lock()
+        self.lock = lock if lock is not None else self.ctx.Lock()
         self.stop_event = self.ctx.Event()
         self.messages = self.ctx.Queue()
         self.procs = [
@@ -86,6 +87,7 @@ class EditorPool:
         ]
         self.finished: set[int] = set()
         self.progress: dict[int, dict] = {}
+        self.notes: list[tuple[int, dict]] = []
 
     def start(self) -> EditorPool:
         for proc in self.procs:
@@ -112,6 +114,12 @@ class EditorPool:
                 self.finished.add(rank)
             elif kind == "progress":
                 self.progress[rank] = payload
+                self.notes.append((rank, payload))
+
+    def take_notes(self) -> list[tuple[int, dict]]:
+        """Progress notes ``(rank, fields)`` received since the last call, oldest first."""
+        notes, self.notes = self.notes, []
+        return notes
 
     def _dead(self) -> list[int]:
         return [r for r, p in enumerate(self.procs) if r not in self.finished and p.exitcode is not None]

@@ -37,6 +37,7 @@ class EditState:
         self.run_dir = Path(run_dir)
         self.identity = dict(identity)
         self.done: list[str] = []
+        self.info: dict = {}
 
     def is_done(self, key: str) -> bool:
         return key in self.done
@@ -54,12 +55,18 @@ class EditState:
             with lock:
                 snapshot = images.numpy().copy()
         atomic_write(self.run_dir / IMAGES_FILE, lambda f: np.save(f, snapshot))
-        text = json.dumps({"identity": self.identity, "done": self.done}, indent=1).encode()
+        text = json.dumps({"identity": self.identity, "done": self.done, "info": self.info}, indent=1).encode()
         atomic_write(self.run_dir / STATE_FILE, lambda f: f.write(text))
 
     @classmethod
     def exists(cls, run_dir: str | Path) -> bool:
         return (Path(run_dir) / STATE_FILE).is_file() and (Path(run_dir) / IMAGES_FILE).is_file()
+
+    @classmethod
+    def read_info(cls, run_dir: str | Path) -> dict:
+        """The ``info`` of a saved edit (e.g. the checkpoint it started from); empty when there is none."""
+        path = Path(run_dir) / STATE_FILE
+        return dict(json.loads(path.read_text()).get("info", {})) if path.is_file() else {}
 
     @classmethod
     def load(cls, run_dir: str | Path, identity: dict, images: torch.Tensor) -> EditState:
@@ -85,4 +92,5 @@ class EditState:
         images.copy_(torch.from_numpy(np.array(stored)))  # a writable copy of the memory map
         state = cls(run_dir, identity)
         state.done = list(saved["done"])
+        state.info = dict(saved.get("info", {}))
         return state

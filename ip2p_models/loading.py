@@ -136,3 +136,30 @@ def load_ip2p(model: str = DEFAULT_IP2P_MODEL, device: str | torch.device = "cpu
     slice_size = None if attention_slicing is False else 1 if attention_slicing is True else int(attention_slicing)
     log.info("loaded InstructPix2Pix %s on %s (%s)", model, device, str(dtype).removeprefix("torch."))
     return IP2PEditor(pipe, device, sequence_length=sequence_length, attention_slice=slice_size, progress=progress)
+
+
+def check_available(model: str) -> str:
+    """Make sure ``model``'s weights can be loaded (a complete local folder, or a hub id that is cached or can be
+    fetched now), without loading them; returns where they are.
+
+    Raises:
+        IP2PWeightsError: as :func:`load_pipeline` would, with the same hint.
+    """
+    model = str(model)
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if not (local / "model_index.json").is_file():
+            raise IP2PWeightsError(f"--ip2p_model {model}: this folder has no model_index.json, so it is not a "
+                                   f"diffusers pipeline folder (expected {PIPELINE_LAYOUT}).\n{download_hint(model)}")
+        return str(local)
+    if local.exists() or not looks_like_hub_id(model):
+        raise IP2PWeightsError(f"--ip2p_model {model}: no such folder, and it is not a Hugging Face hub id.\n"
+                               f"{download_hint(model)}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model, allow_patterns=["model_index.json"])
+    except Exception as err:  # noqa: BLE001 - offline, unknown id, no permission: all mean "not loadable here"
+        raise IP2PWeightsError(f"--ip2p_model {model}: the hub id is not cached here and could not be fetched "
+                               f"(no network, HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}, or no such "
+                               f"repository).\n{download_hint(model)}\n(cause: {type(err).__name__}: {err})") from err

@@ -1,0 +1,132 @@
+"""Options of ``stream_edit.py``: every option of ``stream_train.py`` (the scene and the NeRF fit) plus the edit's.
+
+The edit keys are the release's (``prompt``, ``guidance_scale``, ``image_guidance_scale``, ``diffusion_steps``,
+``refine_num_steps``, ``refine_diffusion_steps``, ``restview_refine_num_steps``, ``restview_refine_diffusion_steps``,
+``sequence_length``, ``warp_ratio``, ``keyframe_rounds``) and ours (``edit_schedule``, ``key_cams``,
+``edit_rounds``, ``workers``, ``resume``, ``cache``, the editor and flow backends ...). Config files mix both kinds.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import configargparse
+import torch
+
+from models.config import ConfigError, build_parser, check_config_file, config_path_from_argv, finalize
+
+SCHEDULES = ("keyframe", "keyview")
+
+
+def default_ip2p_device() -> str:
+    """``cuda:1`` with two GPUs or more (trainer and editor apart), ``cuda:0`` with one, else ``cpu``."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return "cuda:1" if count >= 2 else "cuda:0" if count == 1 else "cpu"
+
+
+def build_edit_parser() -> configargparse.ArgumentParser:
+    """The parser of ``stream_edit.py``: :func:`models.config.build_parser` plus the edit's options."""
+    p = build_parser()
+    p.description = "Edit a fitted 4D NeRF with an instruction (Instruct 4D-to-4D)."
+    add = p.add_argument_group("editing").add_argument
+    add("--prompt", type=str, default="", help="the instruction, e.g. 'What if it was painted by Van Gogh?'")
+    add("--edit_schedule", type=str, default="keyframe", choices=SCHEDULES,
+        help="keyframe: edit frame 0 of all cameras, then each camera through time (the release); keyview: edit "
+             "key cameras through time, then build the others from them (the paper)")
+    add("--guidance_scale", type=float, default=10.5, help="IP2P text guidance weight")
+    add("--image_guidance_scale", type=float, default=1.5, help="IP2P image guidance weight")
+    add("--diffusion_steps", type=int, default=20, help="denoising steps of a full edit")
+    add("--sequence_length", type=int, default=6, help="frames/views per anchor-aware IP2P batch (anchor included); "
+                                                       "lower it when the GPU runs out of memory")
+    add("--overlap_length", type=int, default=1, help="keyview: frames shared by consecutive windows of a key camera")
+    add("--keyframe_rounds", type=int, default=12, help="keyframe: editing rounds at the key frame")
+    add("--warp_ratio", type=float, default=0.5, help="keyframe: weight of the depth warp when blending edited views "
+                                                      "into the other cameras")
+    add("--refine_num_steps", type=int, default=600, help="noise level (of 1000) the temporal window refinement "
+                                                          "starts from")
+    add("--refine_diffusion_steps", type=int, default=4, help="denoising steps of a temporal window refinement")
+    add("--restview_refine_num_steps", type=int, default=700, help="noise level (of 1000) of the other views' "
+                                                                   "refinement")
+    add("--restview_refine_diffusion_steps", type=int, default=6, help="denoising steps of the other views' "
+                                                                       "refinement")
+    add("--key_cams", type=int, action="append", default=None,
+        help="keyview: camera number of a key camera (repeatable); default the camera nearest the rig's centre")
+    add("--edit_rounds", type=int, default=1, help="full editing passes; pass 2 and later start from the NeRF's "
+                                                   "renders (iterative dataset update)")
+    add("--post_edit_iters", type=int, default=2000, help="NeRF iterations after the editor finished (at least; "
+                                                          "fitting also runs to n_iters)")
+    add("--edit_seed", type=int, default=0, help="seed of the editor's noise and camera subsets")
+    # editor and flow
+    add("--ip2p_model", type=str, default="timbrooks/instruct-pix2pix",
+        help="InstructPix2Pix weights: local diffusers folder (works offline) or hub id")
+    add("--ip2p_device", type=str, default=default_ip2p_device(),
+        help="editor device(s), comma-separated for several editor processes, e.g. cuda:1,cuda:2")
+    add("--ip2p_use_full_precision", type=int, default=0, help="1: fp32 on CUDA too (default fp16)")
+    add("--attention_slicing", type=int, default=0, help="1: less editor memory, slower")
+    add("--cpu_offload", type=int, default=0, help="1: keep IP2P on the CPU, move each part to the GPU while it runs")
+    add("--ip2p_fallback_tiny", type=int, default=0,
+        help="1 (demo config only): when --ip2p_model cannot be loaded offline, build a tiny random model instead; "
+             "the edit is then meaningless")
+    add("--editor", type=str, default="ip2p",
+        help="ip2p, or module:factory returning an object with edit_sequence (research and tests)")
+    add("--flow", type=str, default=None, choices=("raft", "dis"),
+        help="optical flow backend (default: raft with --raft_ckpt, else dis)")
+    add("--raft_ckpt", type=str, default=None, help="RAFT weights file")
+    add("--raft_iters", type=int, default=None, help="RAFT iterations")
+    # processes, resume, outputs
+    add("--workers", type=int, default=0, help="editor processes over disjoint camera sets (0: one per "
+                                               "--ip2p_device)")
+    add("--editor_threads", type=int, default=0, help="torch threads of each editor process (0: torch's default)")
+    add("--resume", action="store_true", help="continue an interrupted edit in the same run directory")
+    add("--cache", type=str, default=None, help="folder for the rendered depth cache (default {run dir}/cache)")
+    add("--edit_save_every", type=float, default=120.0, help="seconds between saves of the edited images")
+    add("--preview_every", type=int, default=1, help="write a preview grid every this many editing steps (0: never)")
+    return p
+
+
+def parse_edit_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``stream_edit.py``'s command line and config; check the edit options."""
+    import sys
+
+    parser = build_edit_parser()
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    config = config_path_from_argv(argv)
+    if config is not None:
+        check_config_file(parser, config)
+    args = finalize(parser.parse_args(argv))
+    return check_edit_args(args)
+
+
+def check_edit_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Raise :class:`ConfigError` for edit options that cannot work; normalize lists."""
+    args.prompt = (args.prompt or "").strip()
+    if not args.prompt:
+        raise ConfigError("the prompt is empty: pass --prompt 'What if it was painted by Van Gogh?' (or prompt = "
+                          "... in the config)")
+    if not args.ckpt and not args.resume:
+        raise ConfigError("no NeRF to edit: pass --ckpt log/.../train_{scene}/ckpt-N.th (a stream_train.py "
+                          "checkpoint or the release's)")
+    args.key_cams = list(args.key_cams or [])
+    args.ip2p_devices = [d.strip() for d in str(args.ip2p_device).split(",") if d.strip()]
+    if not args.ip2p_devices:
+        raise ConfigError("--ip2p_device is empty: pass e.g. cuda:1 or cpu")
+    if args.workers < 0:
+        raise ConfigError(f"workers = {args.workers}: pass 0 (one per --ip2p_device) or a positive number")
+    args.workers = args.workers or len(args.ip2p_devices)
+    if args.sequence_length < 2:
+        raise ConfigError(f"sequence_length = {args.sequence_length}: need at least 2 (an anchor and one frame)")
+    if not 0 <= args.overlap_length < args.sequence_length - 1:
+        raise ConfigError(f"overlap_length = {args.overlap_length}: need 0 <= overlap_length < sequence_length - 1")
+    if args.keyframe_rounds < 1 or args.edit_rounds < 1:
+        raise ConfigError("keyframe_rounds and edit_rounds must be at least 1")
+    if not 0.0 <= args.warp_ratio <= 1.0:
+        raise ConfigError(f"warp_ratio = {args.warp_ratio}: must be in [0, 1]")
+    for level, steps in (("refine_num_steps", "refine_diffusion_steps"),
+                         ("restview_refine_num_steps", "restview_refine_diffusion_steps")):
+        T, n = getattr(args, level), getattr(args, steps)
+        if not 1 <= T <= 1000 or not 1 <= n <= T:
+            raise ConfigError(f"{level} = {T}, {steps} = {n}: need 1 <= {steps} <= {level} <= 1000")
+    if not 1 <= args.diffusion_steps <= 1000:
+        raise ConfigError(f"diffusion_steps = {args.diffusion_steps}: must be in 1..1000")
+    return args

@@ -1,0 +1,362 @@
+"""One edit, start to end: setup, the NeRF trainer in this process beside editor processes, resume, outputs.
+
+The stages of a pass (``keyframe`` schedule: ``keyframe`` then ``time``; ``keyview``: ``keytime`` then ``views``)
+run one after the other; each stage is a pool of editor processes (:mod:`editing.worker`) over disjoint camera
+sets, while this process keeps fitting the NeRF to the image store they write into. The store and the list of
+finished units are saved every ``--edit_save_every`` seconds and after each stage; checkpoints as in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import logging
+import time
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dataloader import load_scene
+from models import FitSettings, Trainer, build_sampler, load_checkpoint, render_image
+from models.checkpoint import iteration_from_name, latest_checkpoint
+from models.config import ConfigError, write_config
+from models.renders import render_path_views, render_test_views, to_uint8, write_video
+
+from .depth_cache import DepthCache
+from .options import build_edit_parser
+from .processes import EditorFailed, EditorPool
+from .schedules import (
+    Cameras,
+    EditSettings,
+    key_camera,
+    keyframe_keys,
+    time_keys,
+    views_keys,
+)
+from .state import EditState, ResumeError
+from .store import ImageStore
+from .worker import EditJob, EditorSpec, run_editor
+
+log = logging.getLogger("stream_edit")
+
+TINY_MODEL_WARNING = """
+************************************************************************************************
+  --ip2p_model {model} cannot be loaded here ({reason}).
+  This is the demo config, so a TINY RANDOM InstructPix2Pix is used instead ({folder}).
+  The pipeline runs end to end, but THE EDIT IS MEANINGLESS (random colours, not your prompt).
+  For a real edit, get the weights once on a machine with network access:
+      hf download timbrooks/instruct-pix2pix --local-dir weights/instruct-pix2pix
+  and pass --ip2p_model weights/instruct-pix2pix
+************************************************************************************************"""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during the edit (the checkpoint and the edit state are saved)."""
+
+
+def run_directory(args: argparse.Namespace) -> Path:
+    name = args.expname
+    if args.add_timestamp and not args.resume:
+        name += datetime.datetime.now().strftime("-%Y%m%d-%H%M%S")
+    return Path(args.basedir) / name
+
+
+def resolve_editor_model(args: argparse.Namespace, run_dir: Path) -> str:
+    """The IP2P weights to load: ``--ip2p_model`` when available; for the demo config only, a tiny random model
+    built on the spot (loudly) when it is not."""
+    from ip2p_models.loading import IP2PWeightsError, check_available
+
+    try:
+        check_available(args.ip2p_model)
+        return args.ip2p_model
+    except IP2PWeightsError as err:
+        if not args.ip2p_fallback_tiny:
+            raise
+        from tools.make_tiny_ip2p import build_tiny_ip2p
+
+        folder = run_dir / "tiny-ip2p"
+        if not (folder / "model_index.json").is_file():
+            build_tiny_ip2p(folder, seed=0)
+        reason = str(err).splitlines()[0]
+        log.warning(TINY_MODEL_WARNING.format(model=args.ip2p_model, reason=reason, folder=folder))
+        return str(folder)
+
+
+class EditRun:
+    """Everything one ``stream_edit.py`` invocation does; :meth:`run` returns the exit code.
+
+    Args:
+        args: parsed options (:func:`editing.options.parse_edit_args`).
+    """
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.run_dir = run_directory(args)
+        self.last_save = time.monotonic()
+        self.bar: tqdm | None = None
+        self.units_total = 0
+
+    # -- setup -------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        args, run_dir = self.args, self.run_dir
+        has_state = EditState.exists(run_dir)
+        if args.resume and not has_state:
+            raise ResumeError(f"--resume: {run_dir} holds no edit to continue (no edit_state.json); drop --resume "
+                              "to start it")
+        if not args.resume and has_state:
+            raise ConfigError(f"{run_dir} already holds an edit: pass --resume to continue it, or another --expname "
+                              "to start a new one (nothing was overwritten)")
+        if args.resume and not args.ckpt:
+            args.ckpt = EditState.read_info(run_dir).get("ckpt")
+        if not args.ckpt or not Path(args.ckpt).is_file():
+            raise ConfigError(f"checkpoint {args.ckpt} not found: pass --ckpt with the fitted NeRF "
+                              "(log/.../train_{scene}/ckpt-N.th from stream_train.py, or the release's)")
+        if Path(args.ckpt).resolve().parent == run_dir.resolve():
+            raise ConfigError(f"the edit's run directory {run_dir} is the folder of --ckpt {args.ckpt}; the edit "
+                              "would replace its checkpoints: pass another --expname")
+        if not args.datadir:
+            raise ConfigError("no scene given: pass --datadir (or datadir = ... in the config)")
+
+        # 1. the scene: a store of its own to edit, in shared memory
+        scene = load_scene(args.dataset_name, args.datadir, downsample=args.downsample_train,
+                           num_frames=args.num_frames or None, frame_list=args.frame_list or None,
+                           skip_cams=args.skip_cams, ndc=bool(args.ndc_ray), hold_out_test=bool(args.hold_out_test))
+        scene.make_editable()
+        scene.share_memory_()
+        self.scene = scene
+
+        # 2. the NeRF: the fitted one, or the edit's last checkpoint when resuming
+        config = {"num_frames": scene.num_frames, "ld_per_frame": args.ld_per_frame}
+        original, _ = load_checkpoint(args.ckpt, device=args.device, model_name=args.model_name, config=config)
+        if original.num_frames != scene.num_frames:
+            raise ConfigError(f"{args.ckpt} models {original.num_frames} frames but the scene loads "
+                              f"{scene.num_frames}: use the config of the scene the NeRF was trained on "
+                              "(num_frames / frame_list)")
+        self.sampler = build_sampler(args.sampling, scene.ndc)
+        start, optimizer_state, field = 0, None, original
+        resume_ckpt = latest_checkpoint(run_dir) if args.resume else None
+        if resume_ckpt is not None:
+            field, ckpt = load_checkpoint(resume_ckpt, device=args.device, model_name=args.model_name, config=config)
+            saved = ckpt.get("instruct4d", {}).get("iteration", iteration_from_name(resume_ckpt))
+            start, optimizer_state = (saved or 0) + 1, ckpt.get("optimizer")
+            log.info("resuming the NeRF from %s (iteration %d)", resume_ckpt, start)
+
+        # 3. the edit's identity and state
+        settings = EditSettings.from_args(args)
+        self.settings = settings
+        self.key_cams = self.resolve_key_cams()
+        identity = {"prompt": args.prompt, "edit_schedule": args.edit_schedule, "shape": list(scene.images.shape),
+                    "sequence_length": args.sequence_length, "overlap_length": args.overlap_length,
+                    "keyframe_rounds": args.keyframe_rounds, "key_cams": self.key_cams, "edit_seed": args.edit_seed,
+                    "editor": args.editor}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if args.resume:
+            self.state = EditState.load(run_dir, identity, scene.images)
+            log.info("resuming the edit in %s: %d unit(s) done", run_dir, len(self.state.done))
+        else:
+            self.state = EditState(run_dir, identity)
+            self.state.info["ckpt"] = str(Path(args.ckpt).resolve())
+        written = copy.copy(args)
+        del written.resume
+        write_config(written, run_dir / "config.txt", build_edit_parser())
+
+        # 4. the editor's weights (checked here, loaded in the editor processes)
+        self.editor_model = resolve_editor_model(args, run_dir) if args.editor == "ip2p" else args.ip2p_model
+
+        # 5. depth of every camera at the frames the schedule warps between cameras
+        frames = [0] if args.edit_schedule == "keyframe" else list(range(scene.num_frames))
+        cache = DepthCache(args.cache or run_dir / "cache", args.ckpt, scene, original, self.sampler, args.chunk)
+        self.depth_files = {f: str(p) for f, p in zip(frames, cache.ensure(frames))}
+        if field is not original:
+            del original
+
+        # 6. the trainer: the NeRF's grid stays as fitted (no upsampling), fresh schedules from iteration 0
+        fit = FitSettings.from_args(args)
+        fit.upsamp_list = []
+        self.trainer = Trainer(field, scene, fit, device=args.device, run_dir=run_dir, start_iteration=start,
+                               optimizer_state=optimizer_state)
+        log.info("run directory %s", run_dir)
+
+    def resolve_key_cams(self) -> list[int]:
+        """Positions (along the scene's C axis) of ``--key_cams``; default the camera nearest the rig's centre."""
+        scene = self.scene
+        if not self.args.key_cams:
+            return [key_camera(scene.c2w)] if self.args.edit_schedule == "keyview" else []
+        positions = []
+        for number in self.args.key_cams:
+            if number not in scene.cam_ids:
+                raise ConfigError(f"key_cams: camera {number} is not in the scene (cameras {list(scene.cam_ids)})")
+            positions.append(list(scene.cam_ids).index(number))
+        return positions
+
+    # -- stages ------------------------------------------------------------------------------------------------
+    def stages(self, pass_index: int) -> list[tuple[str, list[list[int]], list[str]]]:
+        """``(stage, camera sets of the editor processes, unit keys)`` of one pass, in order."""
+        args, scene, s = self.args, self.scene, self.settings
+        C, F, ids = scene.num_cams, scene.num_frames, list(scene.cam_ids)
+        workers = args.workers
+
+        def split(cams: list[int]) -> list[list[int]]:
+            return [cams[i::workers] for i in range(min(workers, len(cams)))]
+
+        if args.edit_schedule == "keyframe":
+            cams = list(range(C))
+            time_units = [k for c in cams for k in time_keys(F, ids[c], s, pass_index, True, False)]
+            return [("keyframe", [cams], keyframe_keys(C, s, pass_index)), ("time", split(cams), time_units)]
+        others = [c for c in range(C) if c not in self.key_cams]
+        key_units = [k for c in self.key_cams for k in time_keys(F, ids[c], s, pass_index, False, pass_index == 0)]
+        sets = split(others)
+        view_units = [k for cams in sets for k in views_keys(F, cams, ids, s, pass_index)]
+        return [("keytime", split(list(self.key_cams)), key_units), ("views", sets, view_units)]
+
+    def job(self, stage: str, pass_index: int, cams: list[int], rank: int) -> EditJob:
+        args, scene = self.args, self.scene
+        device = args.ip2p_devices[rank % len(args.ip2p_devices)]
+        spec = EditorSpec(args.editor, self.editor_model, device, bool(args.ip2p_use_full_precision),
+                          args.sequence_length, bool(args.attention_slicing), bool(args.cpu_offload))
+        flow = {"name": args.flow, "raft_ckpt": args.raft_ckpt, "iters": args.raft_iters}
+        return EditJob(stage, pass_index, cams, self.settings, scene.original, Cameras(scene.K, scene.c2w),
+                       list(scene.cam_ids), spec, flow, self.depth_files, list(self.key_cams), set(self.state.done),
+                       str(self.run_dir / "previews"), args.preview_every, args.editor_threads)
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def save_state(self) -> None:
+        self.state.save(self.scene.images, self.lock)
+        self.last_save = time.monotonic()
+
+    def take_notes(self, pool: EditorPool) -> None:
+        for _, note in pool.take_notes():
+            if "done" in note:
+                self.state.mark_done(note["done"])
+
+    def step(self) -> None:
+        """One NeRF iteration with logging, periodic evaluation and checkpoints."""
+        trainer, fit = self.trainer, self.trainer.settings
+        stats = trainer.step()
+        iteration = stats["iteration"]
+        if trainer.writer is not None:
+            trainer.writer.add_scalar("train/PSNR", stats["psnr"], iteration)
+            trainer.writer.add_scalar("edit/units_done", len(self.state.done), iteration)
+        if self.bar is not None:
+            self.bar.update(1)
+            if iteration % fit.progress_refresh_rate == 0:
+                units = sum(1 for k in self.state.done if "/" in k and k.count("/") >= 2)
+                self.bar.set_description(f"NeRF {iteration:05d}: train_psnr = {stats['psnr']:.2f}, "
+                                         f"edit units {units}/{self.units_total}")
+        if fit.vis_every > 0 and fit.N_vis != 0 and iteration % fit.vis_every == fit.vis_every - 1:
+            trainer.test_psnr = trainer.evaluate(fit.N_vis, prefix=f"{iteration:06d}_", n_samples=trainer.n_samples)
+            if trainer.writer is not None:
+                trainer.writer.add_scalar("test/psnr", trainer.test_psnr, iteration)
+        if iteration % fit.checkpoint_period == 0:
+            trainer.save()
+
+    def fit_while_editing(self, pool: EditorPool) -> None:
+        while True:
+            pool.poll()
+            self.take_notes(pool)
+            if pool.done:
+                return
+            self.step()
+            if time.monotonic() - self.last_save > self.args.edit_save_every:
+                self.save_state()
+
+    def refresh_from_nerf(self, pass_index: int) -> None:
+        """Pass 2 and later start from the NeRF's renders: write them into the store (iterative dataset update)."""
+        scene, store = self.scene, ImageStore(self.scene.images, self.scene.original, self.lock)
+        with torch.no_grad():
+            for frame in tqdm(range(scene.num_frames), desc=f"pass {pass_index}: NeRF renders into the dataset",
+                              leave=False):
+                rgbs = [render_image(self.trainer.field, self.trainer.sampler, scene, frame, cam,
+                                     chunk=self.args.chunk, white_bg=self.args.white_bkgd)["rgb"].cpu()
+                        for cam in range(scene.num_cams)]
+                store.put(frame, list(range(scene.num_cams)), torch.stack(rgbs).permute(0, 3, 1, 2))
+
+    def edit(self) -> None:
+        args, state = self.args, self.state
+        plan = [(p, self.stages(p)) for p in range(args.edit_rounds)]
+        self.units_total = sum(len(keys) for _, stages in plan for _, _, keys in stages)
+        for pass_index, stages in plan:
+            renders_key = f"pass{pass_index}/renders"
+            if pass_index > 0 and not state.is_done(renders_key):
+                self.refresh_from_nerf(pass_index)
+                state.mark_done(renders_key)
+                self.save_state()
+            for stage, cam_sets, keys in stages:
+                stage_key = f"pass{pass_index}/{stage}"
+                if state.is_done(stage_key):
+                    continue
+                todo = sum(1 for k in keys if not state.is_done(k))
+                log.info("pass %d, stage %s: %d of %d unit(s) to edit with %d editor process(es)", pass_index, stage,
+                         todo, len(keys), len(cam_sets))
+                jobs = [(self.job(stage, pass_index, cams, rank),) for rank, cams in enumerate(cam_sets)]
+                pool = EditorPool(run_editor, self.scene.images, jobs, lock=self.lock).start()
+                try:
+                    self.fit_while_editing(pool)
+                finally:
+                    pool.shutdown()
+                    self.take_notes(pool)
+                missing = [k for k in keys if not state.is_done(k)]
+                if missing:
+                    raise EditorFailed(f"stage {stage} of pass {pass_index} ended with {len(missing)} unit(s) not "
+                                       f"done, e.g. {missing[0]}")
+                state.mark_done(stage_key)
+                self.save_state()
+
+    def run(self) -> int:
+        args = self.args
+        self.setup()
+        self.lock = torch.multiprocessing.get_context("spawn").Lock()
+        trainer = self.trainer
+        self.bar = tqdm(initial=trainer.iteration, total=trainer.settings.n_iters, position=0, dynamic_ncols=True,
+                        desc="NeRF")
+        try:
+            try:
+                self.edit()
+                if "edit_end" not in self.state.info:
+                    self.state.info["edit_end"] = trainer.iteration
+                    self.save_state()
+                target = max(trainer.settings.n_iters, self.state.info["edit_end"] + args.post_edit_iters)
+                self.bar.total = target
+                while trainer.iteration < target:
+                    self.step()
+            except KeyboardInterrupt as err:
+                raise Interrupted from err
+        except (EditorFailed, Interrupted) as err:
+            self.bar.close()
+            path = trainer.save()
+            self.save_state()
+            resume = f"resume with the same command plus --resume (checkpoint {path}, edit state in {self.run_dir})"
+            if isinstance(err, Interrupted):
+                log.warning("interrupted: %s", resume)
+                return 130
+            log.error("%s\nthe NeRF and the edit so far are saved; %s", err, resume)
+            return 1
+        self.bar.close()
+        trainer.save()
+        self.save_state()
+        self.write_outputs()
+        return 0
+
+    # -- outputs -----------------------------------------------------------------------------------------------
+    def write_outputs(self) -> None:
+        """Test-view and spiral-path renders and videos of the edited NeRF; original | edited side by side."""
+        args, scene, field = self.args, self.scene, self.trainer.field
+        test_dir = self.run_dir / "imgs_test_all"
+        render_test_views(field, self.trainer.sampler, scene, test_dir, chunk=args.chunk, white_bg=args.white_bkgd)
+        video = render_path_views(field, self.trainer.sampler, scene, self.run_dir / "imgs_path_all",
+                                  views=args.path_views, chunk=args.chunk, white_bg=args.white_bkgd)
+        for cam in scene.test_cams:
+            name = f"cam{scene.cam_ids[cam]:02d}"
+            frames = []
+            for frame in range(scene.num_frames):
+                rendered = np.asarray(imageio.imread(test_dir / name / "rgb" / f"{frame:03d}.png"))
+                original = to_uint8(scene.image(frame, cam, original=True))
+                edited = to_uint8(scene.image(frame, cam))
+                frames.append(np.concatenate([original, edited, rendered[..., :3]], axis=1))
+            write_video(self.run_dir / f"side_by_side_{name}.mp4", frames)
+        log.info("edited NeRF: %s (test views), %s (path), side_by_side_*.mp4 (original | edited images | NeRF)",
+                 test_dir, video)
