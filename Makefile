@@ -22,12 +22,18 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-# The main job on the built-in synthetic scene: render it, fit the 4D NeRF, render test views and a path.
+# The main job on the built-in synthetic scene: render it, fit the 4D NeRF, edit it, render videos.
+# A second `make demo` reuses the fitted NeRF and continues (--resume) the edit already there; `make clean-demo`
+# starts over.
 demo: $(STAMP)
 	$(PY) tools/make_synthetic_scene.py $(DEMO_SCENE)
 	$(PY) -m dataloader.describe --dataset_name synthetic --datadir $(DEMO_SCENE)
-	$(PY) stream_train.py --config configs/synthetic/train_demo.txt --datadir $(DEMO_SCENE)
-	@echo "demo done: renders in log/synthetic/train_demo/ (imgs_test_all/cam00/video.mp4, imgs_path_all/video.mp4)"
+	test -n "$$(ls log/synthetic/train_demo/ckpt-*.th 2>/dev/null)" || \
+		$(PY) stream_train.py --config configs/synthetic/train_demo.txt --datadir $(DEMO_SCENE)
+	$(PY) stream_edit.py --config configs/synthetic/edit_demo.txt --datadir $(DEMO_SCENE) \
+		$$(test -f log/synthetic/edit_demo/edit_state.json && echo --resume)
+	@echo "demo done: fitted NeRF in log/synthetic/train_demo/, edited NeRF in log/synthetic/edit_demo/"
+	@echo "  (side_by_side_cam00.mp4, imgs_test_all/cam00/video.mp4, imgs_path_all/video.mp4, previews/)"
 
 clean-demo:
 	rm -rf $(DEMO_SCENE) log/synthetic

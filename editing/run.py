@@ -112,6 +112,12 @@ class EditRun:
                               "to start a new one (nothing was overwritten)")
         if args.resume and not args.ckpt:
             args.ckpt = EditState.read_info(run_dir).get("ckpt")
+        if args.ckpt and Path(args.ckpt).is_dir():  # a training run directory: its latest checkpoint
+            latest = latest_checkpoint(args.ckpt)
+            if latest is None:
+                raise ConfigError(f"--ckpt {args.ckpt} is a folder without ckpt-*.th: train first (stream_train.py) "
+                                  "or pass the checkpoint file")
+            args.ckpt = str(latest)
         if not args.ckpt or not Path(args.ckpt).is_file():
             raise ConfigError(f"checkpoint {args.ckpt} not found: pass --ckpt with the fitted NeRF "
                               "(log/.../train_{scene}/ckpt-N.th from stream_train.py, or the release's)")
@@ -179,6 +185,8 @@ class EditRun:
         fit.upsamp_list = []
         self.trainer = Trainer(field, scene, fit, device=args.device, run_dir=run_dir, start_iteration=start,
                                optimizer_state=optimizer_state)
+        # the editor may need longer than n_iters: the learning rates stop decaying at their final values
+        self.lr_floor = [g["lr"] * fit.lr_decay_target_ratio for g in field.param_groups(fit.lr_init, fit.lr_basis)]
         log.info("run directory %s", run_dir)
 
     def resolve_key_cams(self) -> list[int]:
@@ -237,6 +245,8 @@ class EditRun:
         """One NeRF iteration with logging, periodic evaluation and checkpoints."""
         trainer, fit = self.trainer, self.trainer.settings
         stats = trainer.step()
+        for group, floor in zip(trainer.optimizer.param_groups, self.lr_floor):
+            group["lr"] = max(group["lr"], floor)
         iteration = stats["iteration"]
         if trainer.writer is not None:
             trainer.writer.add_scalar("train/PSNR", stats["psnr"], iteration)

@@ -27,3 +27,28 @@ def die_silently(ctx):
 def wait_for_stop(ctx):
     while not ctx.stop.is_set():
         time.sleep(0.05)
+
+
+# --- editors for stream_edit.py --editor (module:factory) ---------------------------------------------------
+class CountingEditor:
+    """The colour-shift editor that appends one line per finished call to ``$EDIT_CALLS_FILE`` and raises on call
+    number ``$EDIT_FAIL_AT`` (1-based; unset: never)."""
+
+    def __init__(self):
+        from editing.toy_editors import ColourShiftEditor
+
+        self.inner = ColourShiftEditor()
+        self.calls = 0
+
+    def edit_sequence(self, images, images_cond, prompt, **kwargs):
+        self.calls += 1
+        if str(self.calls) == os.environ.get("EDIT_FAIL_AT"):
+            raise RuntimeError(f"editor broke on purpose at call {self.calls}")
+        out = self.inner.edit_sequence(images, images_cond, prompt, **kwargs)
+        with open(os.environ["EDIT_CALLS_FILE"], "a") as log:
+            log.write(f"{images.shape[0]}\n")
+        return out
+
+
+def counting_editor():
+    return CountingEditor()

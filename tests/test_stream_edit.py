@@ -1,0 +1,166 @@
+"""stream_edit.py end to end on a tiny scene: both schedules in real editor processes, outputs, the NeRF fitted to
+the edits, an editor that fails, resuming without redoing work, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_stream_train import CONFIG as TRAIN_CONFIG
+
+import stream_edit
+import stream_train
+from dataloader import load_scene
+from editing.options import build_edit_parser
+from editing.schedules import key_camera
+from editing.toy_editors import ColourShiftEditor
+from models import build_sampler, load_checkpoint, render_image
+from models.config import parse_args
+
+EDIT_CONFIG = TRAIN_CONFIG.replace("n_iters = 30", "n_iters = 40").replace("upsamp_list = [15]\n", "").replace(
+    "batch_size = 256", "batch_size = 1024") + """
+prompt = make it purple
+ip2p_device = cpu
+sequence_length = 3
+keyframe_rounds = 2
+diffusion_steps = 2
+refine_num_steps = 500
+refine_diffusion_steps = 2
+restview_refine_num_steps = 600
+restview_refine_diffusion_steps = 2
+post_edit_iters = 20
+editor_threads = 1
+edit_save_every = 0
+"""
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def fitted(small_scene_dir, tmp_path_factory) -> Path:
+    """A tiny NeRF fitted to the small scene (3 cameras x 4 frames): its checkpoint."""
+    root = tmp_path_factory.mktemp("fitted")
+    (root / "train.txt").write_text(TRAIN_CONFIG)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    assert stream_train.main(["--config", str(root / "train.txt"), "--datadir", str(small_scene_dir),
+                              "--basedir", str(root), "--expname", "nerf", "--render_test", "0",
+                              "--render_path", "0", "--n_iters", "200", "--batch_size", "1024"]) == 0
+    torch.set_num_threads(before)
+    return root / "nerf" / "ckpt-199.th"
+
+
+@pytest.fixture
+def edit_argv(small_scene_dir, fitted, tmp_path):
+    config = tmp_path / "edit.txt"
+    config.write_text(EDIT_CONFIG)
+
+    def argv(expname: str, *extra: str) -> list[str]:
+        return ["--config", str(config), "--datadir", str(small_scene_dir), "--basedir", str(tmp_path / "log"),
+                "--expname", expname, "--ckpt", str(fitted), *extra]
+
+    return argv
+
+
+def edited_store(run: Path) -> np.ndarray:
+    return np.load(run / "edited_images.npy")
+
+
+def original_store(scene_dir: Path) -> np.ndarray:
+    return load_scene("synthetic", scene_dir, ndc=True).original.numpy()
+
+
+def test_keyframe_edit_end_to_end(edit_argv, small_scene_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDIT_CALLS_FILE", str(tmp_path / "calls.txt"))
+    argv = edit_argv("kf", "--editor", "editing_targets:counting_editor", "--post_edit_iters", "150")
+    assert stream_edit.main(argv) == 0
+    run = tmp_path / "log" / "kf"
+    assert len(list(run.glob("ckpt-*.th"))) == 1
+    for name in ("config.txt", "edit_state.json", "edited_images.npy", "cache/depth_0000.pt",
+                 "previews/pass0/keyframe/round00.png", "previews/pass0/time/cam01/frames001-002.png",
+                 "imgs_test_all/cam00/video.mp4", "imgs_path_all/video.mp4", "side_by_side_cam00.mp4"):
+        assert (run / name).is_file(), name
+    state = json.loads((run / "edit_state.json").read_text())
+    units = [k for k in state["done"] if k.count("/") >= 2]
+    # 2 rounds (3 cameras: each round edits all, none is left to refine) + 3 cameras x 2 windows; one call each
+    assert len(units) == 8 and {"pass0/keyframe", "pass0/time"} <= set(state["done"])
+    assert len((tmp_path / "calls.txt").read_text().split()) == 8
+    # every frame of every camera was written by the editor, towards the colour-shift edit
+    edited, original = edited_store(run), original_store(small_scene_dir)
+    target = ColourShiftEditor.target(torch.from_numpy(original).permute(0, 1, 4, 2, 3).float() / 255)
+    target = target.permute(0, 1, 3, 4, 2).numpy() * 255
+    before = np.abs(original - target).mean(axis=(2, 3, 4))
+    after = np.abs(edited - target).mean(axis=(2, 3, 4))
+    assert (after < 0.6 * before).all(), after / before
+    # the NeRF was fitted to the edited images: its render is nearer them than the originals
+    field, _ = load_checkpoint(next(run.glob("ckpt-*.th")))
+    scene = load_scene("synthetic", small_scene_dir, ndc=True)
+    rgb = render_image(field, build_sampler("dense", True), scene, 1, 1)["rgb"].numpy() * 255
+    assert np.abs(rgb - edited[1, 1]).mean() < 0.75 * np.abs(rgb - original[1, 1]).mean()
+    # the resolved config reads back with the edit's parser
+    args = parse_args(["--config", str(run / "config.txt")], parser=build_edit_parser())
+    assert args.prompt == "make it purple" and args.edit_schedule == "keyframe"
+
+
+def test_keyview_edit_with_the_tiny_ip2p_model(edit_argv, small_scene_dir, tmp_path, tiny_ip2p_dir):
+    argv = edit_argv("kv", "--edit_schedule", "keyview", "--ip2p_model", str(tiny_ip2p_dir), "--n_iters", "35",
+                     "--post_edit_iters", "5", "--path_views", "1")
+    assert stream_edit.main(argv) == 0
+    run = tmp_path / "log" / "kv"
+    state = json.loads((run / "edit_state.json").read_text())
+    # the key camera (the rig's centre): its 4 frames in 2 windows; then the 2 others at 4 frames, in 1 batch
+    key = key_camera(load_scene("synthetic", small_scene_dir, ndc=True).c2w)
+    assert sorted(k for k in state["done"] if "/time/" in k) == [f"pass0/time/cam{key:02d}/frames000-002",
+                                                                   f"pass0/time/cam{key:02d}/frames003-003"]
+    assert len([k for k in state["done"] if "/views/" in k]) == 4
+    assert len(list((run / "cache").glob("depth_*.pt"))) == 4
+    edited, original = edited_store(run), original_store(small_scene_dir)
+    changed = np.abs(edited.astype(int) - original).mean(axis=(2, 3, 4))
+    assert (changed > 1).all(), changed  # the random tiny model changes every image
+    assert (run / "side_by_side_cam00.mp4").is_file()
+
+
+def test_failing_editor_saves_and_resume_skips_done_work(edit_argv, tmp_path, monkeypatch, caplog):
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("EDIT_CALLS_FILE", str(calls))
+    monkeypatch.setenv("EDIT_FAIL_AT", "2")  # the keyframe stage's second unit
+    argv = edit_argv("broken", "--editor", "editing_targets:counting_editor")
+    with caplog.at_level(logging.ERROR, logger="stream_edit"):
+        assert stream_edit.main(argv) == 1
+    assert "editor broke on purpose at call 2" in caplog.text and "--resume" in caplog.text
+    run = tmp_path / "log" / "broken"
+    assert list(run.glob("ckpt-*.th")), "a checkpoint is saved when the editor fails"
+    state = json.loads((run / "edit_state.json").read_text())
+    assert state["done"] == ["pass0/keyframe/round00"]
+    # without --resume the run directory is not touched
+    monkeypatch.delenv("EDIT_FAIL_AT")
+    assert stream_edit.main(argv) == 2
+    # resume: the 7 units left, none again
+    assert stream_edit.main(argv + ["--resume"]) == 0
+    assert len(calls.read_text().split()) == 8
+    state = json.loads((run / "edit_state.json").read_text())
+    assert len([k for k in state["done"] if k.count("/") >= 2]) == 8
+
+
+def test_bad_input_is_named(edit_argv, fitted, tmp_path, caplog):
+    with caplog.at_level(logging.ERROR, logger="stream_edit"):
+        assert stream_edit.main(edit_argv("a", "--ckpt", str(tmp_path / "missing.th"))) == 2
+        assert "missing.th not found" in caplog.text
+        assert stream_edit.main(edit_argv("b", "--num_frames", "2")) == 2
+        assert "models 4 frames but the scene loads 2" in caplog.text
+        assert stream_edit.main(edit_argv("c", "--resume")) == 2
+        assert "holds no edit to continue" in caplog.text
+        same = edit_argv("nerf", "--basedir", str(fitted.parent.parent), "--ckpt", str(fitted.parent))
+        assert stream_edit.main(same) == 2  # the edit would write into the NeRF's folder
+        assert "is the folder of --ckpt" in caplog.text
+        assert stream_edit.main(edit_argv("e", "--prompt", " ")) == 2
+        assert "the prompt is empty" in caplog.text
+        bad = tmp_path / "bad.txt"
+        bad.write_text(EDIT_CONFIG + "keyframe_round = 3\n")
+        assert stream_edit.main(["--config", str(bad)]) == 2
+        assert "unknown key 'keyframe_round'" in caplog.text
+    assert [p.name for p in fitted.parent.glob("ckpt-*.th")] == [fitted.name]
