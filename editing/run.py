@@ -99,6 +99,7 @@ class EditRun:
         self.last_save = time.monotonic()
         self.bar: tqdm | None = None
         self.units_total = 0
+        self.editor_stats: list[dict] = []  # per finished editor process: stage, unet_evals, peak_rss_mib
 
     # -- setup -------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -237,9 +238,11 @@ class EditRun:
         self.last_save = time.monotonic()
 
     def take_notes(self, pool: EditorPool) -> None:
-        for _, note in pool.take_notes():
+        for rank, note in pool.take_notes():
             if "done" in note:
                 self.state.mark_done(note["done"])
+            elif "peak_rss_mib" in note:
+                self.editor_stats.append({"rank": rank, **note})
 
     def step(self) -> None:
         """One NeRF iteration with logging, periodic evaluation and checkpoints."""

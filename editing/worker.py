@@ -120,6 +120,16 @@ def run_editor(ctx, job: EditJob) -> None:
     units = Units(job.done, report=report, preview=preview, stop=ctx.stop.is_set)
     run_stage(job, editor, flow, store, units)
     bar.close()
+    ctx.report(stage=job.stage, unet_evals=getattr(editor, "unet_evals", None), peak_rss_mib=peak_rss_mib())
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB (Linux)."""
+    import resource
+    import sys
+
+    scale = 2**20 if sys.platform == "darwin" else 2**10
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / scale / 1024
 
 
 def run_stage(job: EditJob, editor, flow, store: ImageStore, units: Units) -> None:

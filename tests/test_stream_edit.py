@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import shlex
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,7 @@ from test_stream_train import CONFIG as TRAIN_CONFIG
 import stream_edit
 import stream_train
 from dataloader import load_scene
-from editing.options import build_edit_parser
+from editing.options import build_edit_parser, parse_edit_args
 from editing.schedules import key_camera
 from editing.toy_editors import ColourShiftEditor
 from models import build_sampler, load_checkpoint, render_image
@@ -164,3 +167,55 @@ def test_bad_input_is_named(edit_argv, fitted, tmp_path, caplog):
         assert stream_edit.main(["--config", str(bad)]) == 2
         assert "unknown key 'keyframe_round'" in caplog.text
     assert [p.name for p in fitted.parent.glob("ckpt-*.th")] == [fitted.name]
+
+
+def test_two_passes_two_editor_processes(edit_argv, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDIT_CALLS_FILE", str(tmp_path / "calls.txt"))
+    argv = edit_argv("rounds", "--editor", "editing_targets:counting_editor", "--edit_rounds", "2",
+                     "--ip2p_device", "cpu,cpu", "--post_edit_iters", "5", "--path_views", "1")
+    assert stream_edit.main(argv) == 0
+    done = json.loads((tmp_path / "log" / "rounds" / "edit_state.json").read_text())["done"]
+    for p in (0, 1):
+        assert len([k for k in done if k.startswith(f"pass{p}/") and k.count("/") >= 2]) == 8
+    assert "pass1/renders" in done and done.index("pass0/time") < done.index("pass1/renders")
+    assert len((tmp_path / "calls.txt").read_text().split()) == 16
+
+
+def test_ctrl_c_stops_editors_and_saves(edit_argv, tmp_path, monkeypatch):
+    from editing.run import EditRun
+
+    original = EditRun.step
+
+    def interrupt(self):
+        if self.state.is_done("pass0/keyframe"):
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(EditRun, "step", interrupt)
+    monkeypatch.setenv("EDIT_CALLS_FILE", str(tmp_path / "calls.txt"))
+    start = time.monotonic()
+    assert stream_edit.main(edit_argv("stop", "--editor", "editing_targets:counting_editor")) == 130
+    assert time.monotonic() - start < 120
+    run = tmp_path / "log" / "stop"
+    assert list(run.glob("ckpt-*.th")) and (run / "edited_images.npy").is_file()
+    assert "pass0/keyframe" in json.loads((run / "edit_state.json").read_text())["done"]
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("editor-")]
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("configs/*/edit_*.txt")),
+                         ids=lambda p: p.stem)
+def test_edit_configs_parse(path):
+    args = parse_edit_args(["--config", str(path)])
+    assert args.prompt and args.ckpt
+    if "n3dv" in str(path):
+        assert args.n_iters == (80000 if "_300_" in path.stem else 15000)
+        assert args.ckpt.endswith(path.stem.replace("edit_", "train_") + "/ckpt-99999.th")
+
+
+def test_readme_edit_command_parses():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    command = readme[readme.index("python stream_edit.py --config configs/n3dv/edit_coffee_50_2.txt"):]
+    command = command[:command.index("```")].replace("\\\n", " ")
+    args = parse_edit_args(shlex.split(command)[2:])
+    assert args.prompt == "What if it was painted by Van Gogh?" and args.guidance_scale == 9.5
+    assert args.restview_refine_num_steps == 700 and args.expname == "edit_coffee_50_2"
