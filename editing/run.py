@@ -348,6 +348,11 @@ class EditRun:
                 return 130
             log.error("%s\nthe NeRF and the edit so far are saved; %s", err, resume)
             return 1
+        except Exception:  # the trainer itself failed (e.g. out of memory): keep what is done, then report
+            self.bar.close()
+            trainer.save()
+            self.save_state()
+            raise
         self.bar.close()
         trainer.save()
         self.save_state()
