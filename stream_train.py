@@ -51,7 +51,7 @@ def load_scene_from_args(args):
 
 def render_outputs(field, scene, args, run_dir: Path) -> None:
     """Final renders requested by ``--render_test`` / ``--render_path``."""
-    sampler = build_sampler(args.sampling, scene.ndc)
+    sampler = build_sampler(args.sampling, scene.ndc, **FitSettings.from_args(args).sampler_options())
     if args.render_test:
         psnrs = render_test_views(field, sampler, scene, run_dir / "imgs_test_all", chunk=args.chunk,
                                   white_bg=args.white_bkgd)

@@ -1,17 +1,26 @@
-"""Fitting speed and quality of the 4D NeRF on the default synthetic scene (CPU by default).
+"""Fitting speed and quality of the 4D NeRF: dense (the release's sampling) against fast (occupancy grid).
 
-Prints: iterations/s and rays/s at batch 4096 (the n3dv configs' batch), test PSNR after fixed iteration counts
-with the demo config (``configs/synthetic/train_demo.txt``, batch 1024), full-image render time, peak RSS.
-These are the baseline later speed work (occupancy grids, ...) must beat.
+For every scene (``default``: the synthetic demo scene, 6 cameras x 12 frames x 160x120; ``large``: 8 cameras x
+16 frames x 192x144) and every sampling mode, fits the demo config (``configs/synthetic/train_demo.txt``) from the
+same seed and prints:
+- seconds per iteration over the whole fit (demo batch) and at batch 4096 from the fitted model;
+- test PSNR (camera 0, ``--eval_frames`` frames) every ``--eval_every`` iterations against fitting wall time
+  (evaluation time excluded), plotted to ``{out}/psnr_vs_time_{scene}.png``;
+- the wall time each mode needs to reach the test PSNR dense mode reaches at its final iteration;
+- PSNR between the fast and dense renders of the same fitted model (how closely fast mode matches dense);
+- full-image render time and peak RSS.
 
-    python benchmarks/bench_train.py                       # CPU, 1 thread
-    python benchmarks/bench_train.py --threads 2 --checkpoints 500 1000 2000 --device cuda:0
+    python benchmarks/bench_train.py --compare dense,fast                 # CPU, 1 thread, both scenes (~20 min)
+    python benchmarks/bench_train.py --compare dense,fast --scenes default --n_iters 600
+    python benchmarks/bench_train.py --compare dense,fast --device cuda:0 --threads 4
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -24,9 +33,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dataloader import load_scene  # noqa: E402
-from models import FitSettings, Trainer, field_from_args, render_image  # noqa: E402
+from models import FitSettings, Trainer, build_sampler, field_from_args, render_image  # noqa: E402
 from models.config import parse_args  # noqa: E402
 from tools.make_synthetic_scene import make_synthetic_scene  # noqa: E402
+
+SCENES = {"default": {"cams": 6, "frames": 12, "width": 160, "height": 120},
+          "large": {"cams": 8, "frames": 16, "width": 192, "height": 144}}
 
 
 def peak_rss_mib() -> float:
@@ -40,67 +52,180 @@ def peak_rss_mib() -> float:
         return psutil.Process().memory_info().rss / 2**20
 
 
-def timed_steps(trainer: Trainer, n: int) -> float:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return -10.0 * math.log10(max(torch.mean((a - b) ** 2).item(), 1e-20))
+
+
+def test_psnr(trainer: Trainer, frames: list[int]) -> float:
+    """Mean PSNR of the test cameras at ``frames`` (rendered with the trainer's own sampler)."""
+    scene, values = trainer.scene, []
+    for cam in scene.test_cams:
+        for frame in frames:
+            out = render_image(trainer.field, trainer.sampler, scene, frame, cam, chunk=trainer.settings.chunk)
+            values.append(psnr(out["rgb"].cpu(), scene.image(frame, cam)))
+    return sum(values) / len(values)
+
+
+def time_to_reach(curve: list[tuple[int, float, float]], target: float) -> float | None:
+    """First fitting time at which the curve ``(iteration, seconds, psnr)`` reaches ``target`` (linear in between)."""
+    previous = None
+    for _, seconds, value in curve:
+        if value >= target:
+            if previous is None or previous[1] >= value:
+                return seconds
+            share = (target - previous[1]) / (value - previous[1])
+            return previous[0] + share * (seconds - previous[0])
+        previous = (seconds, value)
+    return None
+
+
+def fit_curve(scene, scene_dir: Path, mode: str, args) -> dict:
+    """Fit the demo config in ``mode`` with test evaluations; returns the curve and timings."""
+    opts = parse_args(["--config", args.config, "--datadir", str(scene_dir), "--n_iters", str(args.n_iters),
+                       "--sampling", mode, "--device", args.device])
+    torch.manual_seed(0)
+    trainer = Trainer(field_from_args(opts, scene), scene, FitSettings.from_args(opts), device=args.device,
+                      tensorboard=False)
+    step = max(scene.num_frames // args.eval_frames, 1)
+    frames = list(range(0, scene.num_frames, step))[: args.eval_frames]
+    curve, seconds = [(0, 0.0, test_psnr(trainer, frames))], 0.0
+    while trainer.iteration < args.n_iters:
+        n = min(args.eval_every, args.n_iters - trainer.iteration)
+        synchronize(trainer.device)
+        start = time.perf_counter()
+        for _ in range(n):
+            trainer.step()
+        synchronize(trainer.device)
+        seconds += time.perf_counter() - start
+        curve.append((trainer.iteration, seconds, test_psnr(trainer, frames)))
+        print(f"  {mode:5s} it {trainer.iteration:5d}  {seconds:7.1f} s  test PSNR {curve[-1][2]:.2f} dB", flush=True)
+    return {"trainer": trainer, "curve": curve, "seconds": seconds, "frames": frames, "opts": opts}
+
+
+def seconds_per_iteration_4096(trainer: Trainer, n: int) -> float:
+    """Seconds per step at batch 4096, continuing from the fitted field on a copy of the trainer's state."""
+    settings = FitSettings(**{**vars(trainer.settings), "batch_size": 4096})
+    probe = Trainer(trainer.field, trainer.scene, settings, device=trainer.device, tensorboard=False,
+                    start_iteration=trainer.iteration - 1)
+    state = {k: v.detach().clone() for k, v in trainer.field.state_dict().items()}
+    probe.step()  # warm-up (and the occupancy grid)
+    synchronize(probe.device)
     start = time.perf_counter()
     for _ in range(n):
-        trainer.step()
-    if trainer.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+        probe.step()
+    synchronize(probe.device)
+    seconds = (time.perf_counter() - start) / n
+    trainer.field.load_state_dict(state)
+    return seconds
+
+
+def plot(results: dict, target: float, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for mode, result in results.items():
+        xs = [c[1] for c in result["curve"]]
+        ys = [c[2] for c in result["curve"]]
+        ax.plot(xs, ys, marker="o", markersize=3, label=f"{mode} ({result['seconds']:.0f} s)")
+    ax.axhline(target, color="gray", linestyle="--", linewidth=0.8, label=f"dense final {target:.2f} dB")
+    ax.set_xlabel("fitting wall time (s)")
+    ax.set_ylabel("test PSNR (dB)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def bench_scene(name: str, args) -> dict:
+    spec = SCENES[name]
+    scene_dir = Path(args.scene_root) / f"{name}_{spec['cams']}x{spec['frames']}_{spec['width']}x{spec['height']}"
+    if not (scene_dir / "poses_bounds.npy").exists():
+        make_synthetic_scene(scene_dir, videos=False, **spec)
+    scene = load_scene("synthetic", scene_dir, ndc=True)
+    print(f"\n== scene {name}: {scene.num_cams} cams x {scene.num_frames} frames x {scene.width}x{scene.height}, "
+          f"device {args.device}, {args.threads} thread(s), {args.n_iters} iterations of {Path(args.config).name}")
+    results = {mode: fit_curve(scene, scene_dir, mode, args) for mode in args.compare}
+    reference = "dense" if "dense" in results else args.compare[0]
+    target = results[reference]["curve"][-1][2]
+
+    rows = {}
+    for mode, result in results.items():
+        trainer = result["trainer"]
+        reach = time_to_reach(result["curve"], target)
+        per_it = result["seconds"] / args.n_iters
+        it4096 = seconds_per_iteration_4096(trainer, args.speed_iters)
+        synchronize(trainer.device)
+        start = time.perf_counter()
+        render_image(trainer.field, trainer.sampler, scene, 0, scene.test_cams[0], chunk=trainer.settings.chunk)
+        synchronize(trainer.device)
+        render_s = time.perf_counter() - start
+        rows[mode] = {"s_per_it": per_it, "s_per_it_4096": it4096, "final_psnr": result["curve"][-1][2],
+                      "reach_s": reach, "fit_s": result["seconds"], "render_s": render_s}
+        if mode != "dense":
+            # the same fitted model rendered both ways
+            dense = build_sampler("dense", scene.ndc)
+            values = []
+            for frame in result["frames"]:
+                a = render_image(trainer.field, trainer.sampler, scene, frame, scene.test_cams[0])["rgb"]
+                b = render_image(trainer.field, dense, scene, frame, scene.test_cams[0])["rgb"]
+                values.append(psnr(a.cpu(), b.cpu()))
+            rows[mode]["fast_vs_dense_psnr"] = min(values)
+            grid = getattr(trainer.sampler, "grid", None)
+            rows[mode]["occupied"] = grid.fraction if grid is not None else float("nan")
+
+    png = Path(args.out) / f"psnr_vs_time_{name}.png"
+    plot(results, target, png, f"{name}: {scene.num_cams} cams x {scene.num_frames} frames x "
+                                f"{scene.width}x{scene.height}, {args.device}")
+    base = rows[reference]
+    print(f"\n{name} scene: target = {reference} final test PSNR {target:.2f} dB")
+    print("| mode | s/it (batch {b}) | s/it (batch 4096) | fit s | final PSNR | s to reach target | speed-up to "
+          "target | render s | fast-vs-dense render PSNR | occupied |".format(b=results[reference]["opts"].batch_size))
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for mode, row in rows.items():
+        reach = f"{row['reach_s']:.0f}" if row["reach_s"] is not None else "not reached"
+        speedup = (f"{base['reach_s'] / row['reach_s']:.1f}x" if row["reach_s"] and base["reach_s"] else "-")
+        match = f"{row['fast_vs_dense_psnr']:.1f} dB" if "fast_vs_dense_psnr" in row else "-"
+        occupied = f"{100 * row['occupied']:.0f}%" if "occupied" in row else "-"
+        print(f"| {mode} | {row['s_per_it']:.3f} | {row['s_per_it_4096']:.3f} | {row['fit_s']:.0f} | "
+              f"{row['final_psnr']:.2f} | {reach} | {speedup} | {row['render_s']:.2f} | {match} | {occupied} |")
+    print(f"plot: {png}")
+    curves = {mode: result["curve"] for mode, result in results.items()}
+    return {"rows": rows, "curves": curves, "target": target, "png": str(png)}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scene", default=str(ROOT / "benchmarks" / "out" / "train" / "scene"),
-                        help="synthetic scene folder (made with the default size when missing)")
+    parser.add_argument("--compare", default="dense,fast", help="sampling modes to compare, comma-separated")
+    parser.add_argument("--scenes", default="default,large", help=f"scenes, comma-separated: {sorted(SCENES)}")
+    parser.add_argument("--scene_root", default=str(ROOT / "benchmarks" / "out" / "train"),
+                        help="where the synthetic scenes are made (once)")
     parser.add_argument("--config", default=str(ROOT / "configs" / "synthetic" / "train_demo.txt"))
+    parser.add_argument("--n_iters", type=int, default=1500, help="fitting iterations per mode")
+    parser.add_argument("--eval_every", type=int, default=150, help="test evaluation period in iterations")
+    parser.add_argument("--eval_frames", type=int, default=4, help="test frames per evaluation")
+    parser.add_argument("--speed_iters", type=int, default=5, help="timed iterations at batch 4096")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--speed_iters", type=int, default=20, help="timed iterations at batch 4096")
-    parser.add_argument("--checkpoints", type=int, nargs="+", default=[500, 1000, 2000],
-                        help="iteration counts at which test PSNR is measured (demo config)")
+    parser.add_argument("--out", default=str(ROOT / "outputs" / "bench_train"), help="plots and results.json")
     args = parser.parse_args(argv)
+    args.compare = [m.strip() for m in args.compare.split(",") if m.strip()]
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-
-    scene_dir = Path(args.scene)
-    if not (scene_dir / "poses_bounds.npy").exists():
-        make_synthetic_scene(scene_dir, videos=False)
-    scene = load_scene("synthetic", scene_dir, ndc=True)
-    test = scene.images[:, scene.test_cams].float() / 255
-    baseline = -10 * torch.log10(((test - test.mean(dim=(0, 1, 2, 3))) ** 2).mean()).item()
-    print(f"scene {scene.num_cams} cams x {scene.num_frames} frames x {scene.width}x{scene.height}, device "
-          f"{args.device}, {args.threads} thread(s); mean-colour baseline PSNR {baseline:.2f} dB")
-
-    # 1. speed at batch 4096, at the demo config's initial and final grids
-    for label, extra in (("initial grid", []), ("final grid", ["--N_voxel_init", "262144"])):
-        opts = parse_args(["--config", args.config, "--datadir", str(scene_dir), "--batch_size", "4096", *extra])
-        torch.manual_seed(0)
-        trainer = Trainer(field_from_args(opts, scene), scene, FitSettings.from_args(opts), device=args.device)
-        timed_steps(trainer, 2)  # warm-up
-        seconds = timed_steps(trainer, args.speed_iters)
-        rate = args.speed_iters / seconds
-        print(f"batch 4096, {label} {trainer.field.gridSize}, {trainer.n_samples} samples/ray: {rate:.2f} it/s, "
-              f"{rate * 4096:,.0f} rays/s")
-
-    # 2. quality over iterations with the demo config
-    opts = parse_args(["--config", args.config, "--datadir", str(scene_dir), "--n_iters", str(max(args.checkpoints))])
-    torch.manual_seed(0)
-    trainer = Trainer(field_from_args(opts, scene), scene, FitSettings.from_args(opts), device=args.device)
-    fit_seconds = 0.0
-    for target in sorted(args.checkpoints):
-        fit_seconds += timed_steps(trainer, target - trainer.iteration)
-        psnr = trainer.evaluate(-1, save=False)
-        print(f"after {target} iterations (batch {opts.batch_size}, {fit_seconds:.0f} s of fitting): test PSNR "
-              f"{psnr:.2f} dB over {scene.num_frames} frames of cam00")
-
-    # 3. full-image render time
-    start = time.perf_counter()
-    render_image(trainer.field, trainer.sampler, scene, 0, scene.test_cams[0], chunk=opts.chunk)
-    seconds = time.perf_counter() - start
-    print(f"full-image render {scene.width}x{scene.height}, {trainer.field.n_samples_full} samples/ray: "
-          f"{seconds:.2f} s")
-    print(f"peak RSS {peak_rss_mib():.0f} MiB")
+    out = {name: bench_scene(name, args) for name in (s.strip() for s in args.scenes.split(",")) if name}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "results.json").write_text(json.dumps(out, indent=1))
+    print(f"\npeak RSS {peak_rss_mib():.0f} MiB; results in {Path(args.out) / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ renders are then NDC ray parameters (see :func:`dataloader.cameras.ndc_depth_to_
 Typical use (also by the editing program)::
 
     field, ckpt = load_checkpoint("log/n3dv/train_coffee_50_2/ckpt-99999.th", device="cuda:0")
-    sampler = build_sampler("dense", ndc=scene.ndc)
+    sampler = build_sampler("fast", ndc=scene.ndc)              # "dense": the release's sampling, every sample
     out = render_image(field, sampler, scene, frame=0, cam=3)   # rgb [H, W, 3], depth [H, W], acc [H, W]
     trainer = Trainer(field, scene, FitSettings.from_args(args), device="cuda:0", run_dir=run_dir)
     trainer.train(600)                                           # or trainer.step() in your own loop

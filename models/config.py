@@ -41,8 +41,8 @@ def default_device() -> str:
 
 def build_parser() -> configargparse.ArgumentParser:
     """The parser of ``stream_train.py``: every key of the release's parser, plus ``--device``, ``--skip_cams``,
-    ``--hold_out_test``, ``--seed``, ``--sampling``, ``--uniform_sampling_from``, ``--ckpt_every``, ``--chunk``,
-    ``--path_views``."""
+    ``--hold_out_test``, ``--seed``, ``--sampling`` and ``--occupancy_*``, ``--uniform_sampling_from``,
+    ``--ckpt_every``, ``--chunk``, ``--path_views``."""
     p = configargparse.ArgumentParser(description="Fit a 4D NeRF (stream TensoRF) to a multi-view video scene.",
                                       ignore_unknown_config_file_keys=True)
     add = p.add_argument
@@ -112,7 +112,23 @@ def build_parser() -> configargparse.ArgumentParser:
                                                                    "as in the release")
     add("--nSamples", type=int, default=1000000, help="cap on the training samples per ray")
     add("--step_ratio", type=float, default=0.5, help="sampling step in voxels")
-    add("--sampling", type=str, default="dense", help="ray sampler (models.sampling.SAMPLERS): dense")
+    add("--sampling", type=str, default="fast", help="ray sampler (models.sampling.SAMPLERS): dense (the "
+                                                     "release's, every sample) or fast (the same samples, skipping "
+                                                     "cells of an occupancy grid that are empty at every time)")
+    add("--occupancy_warmup", type=int, default=200, help="fast sampling: iterations of dense sampling before the "
+                                                          "first occupancy grid")
+    add("--occupancy_every", type=int, default=100, help="fast sampling: rebuild the occupancy grid from the field "
+                                                         "every this many iterations")
+    add("--occupancy_alpha", type=float, default=1e-4, help="fast sampling: a cell is empty when its opacity over "
+                                                            "one sampling step stays below this at every time")
+    add("--occupancy_cells", type=int, default=256, help="fast sampling: occupancy-grid cells per axis at most")
+    add("--occupancy_dilate", type=int, default=0, help="fast sampling: grow the occupied cells by this many "
+                                                        "cells")
+    add("--occupancy_min_transmittance", type=float, default=1e-4, help="fast sampling: also skip samples behind "
+        "matter opaque at every time, once the transmittance is surely below this; 0: off")
+    add("--frames_per_batch", type=int, default=0, help="frames whose rays share one batch (batch_size / this "
+                                                        "rays each); 0: 1 with --sampling dense (the release's one "
+                                                        "frame per batch), 4 with fast")
     add("--uniform_sampling_from", type=int, default=-1, help="iteration from which pixels are drawn uniformly "
                                                               "instead of motion-aware; -1: never")
     add("--lindisp", action="store_true", help="accepted for release configs; unused")

@@ -157,6 +157,26 @@ class StreamTensorBase(nn.Module):
         """Appearance features ``[N, app_dim]`` at normalized points ``xyz [N, 3]`` at time ``t``."""
         raise NotImplementedError
 
+    #: kinds of factor multiplied in the density feature (VM: plane and line; CP: the x, y and z lines)
+    factor_kinds = 2
+
+    def node_density_feature(self, times: Sequence[float], z_start: int = 0, z_stop: int | None = None) -> Tensor:
+        """Raw density feature at the grid nodes (the points where ``grid_sample`` returns stored values).
+
+        Inside a grid cell the feature is the trilinear interpolation of its 8 corner nodes (each plane x line
+        product is bilinear x linear), so its extremes over a cell are at the corners: what
+        :mod:`models.occupancy` relies on.
+
+        Args:
+            times: the time in [0, 1] at which each factor kind's channels are selected (``factor_kinds`` values;
+                all equal gives the field at that time, mixed ones bound it between rows of the stream table).
+            z_start, z_stop: range of node indices along z (default: all ``gridSize[2]``).
+
+        Returns:
+            ``[z_stop - z_start, res_y, res_x]``.
+        """
+        raise NotImplementedError
+
     def planes(self, kind: str) -> list[Tensor]:
         """Stored plane factors of ``kind`` (``density`` or ``app``)."""
         raise NotImplementedError
@@ -176,7 +196,10 @@ class StreamTensorBase(nn.Module):
 
     def density(self, xyz: Tensor, t: float) -> Tensor:
         """Density ``sigma [N]`` at normalized points ``xyz [N, 3]`` at time ``t``."""
-        feature = self.density_feature(xyz, t)
+        return self.activate_density(self.density_feature(xyz, t))
+
+    def activate_density(self, feature: Tensor) -> Tensor:
+        """Raw density feature -> density (``fea2denseAct``: relu, or softplus after ``density_shift``)."""
         if self.fea2denseAct == "relu":
             return F.relu(feature)
         return F.softplus(feature + self.density_shift)
@@ -283,6 +306,17 @@ class StreamTensorVMSplit(StreamTensorBase):
         products = self._products(xyz, t, self.app_plane, self.app_line, self.app_streams)
         return self.basis_mat(torch.cat(products).T)
 
+    def node_density_feature(self, times: Sequence[float], z_start: int = 0, z_stop: int | None = None) -> Tensor:
+        z = slice(z_start, self.gridSize[2] if z_stop is None else z_stop)
+        t_plane, t_line = times
+        planes = [s.select(p, t_plane)[0] for s, p in zip(self.density_streams, self.density_plane)]
+        lines = [s.select(v, t_line)[0, :, :, 0] for s, v in zip(self.density_streams, self.density_line)]
+        # pair 0: plane (x, y) [C, Y, X] with line z; pair 1: plane (x, z) [C, Z, X] with line y;
+        # pair 2: plane (y, z) [C, Z, Y] with line x
+        out = torch.einsum("cz,cyx->zyx", lines[0][:, z], planes[0])
+        out = out + torch.einsum("czx,cy->zyx", planes[1][:, z], lines[1])
+        return out + torch.einsum("czy,cx->zyx", planes[2][:, z], lines[2])
+
     def planes(self, kind: str) -> list[Tensor]:
         return list(self.density_plane if kind == "density" else self.app_plane)
 
@@ -328,6 +362,14 @@ class StreamTensorCP(StreamTensorBase):
 
     def app_features(self, xyz: Tensor, t: float) -> Tensor:
         return self.basis_mat(self._product(xyz, t, self.app_line, self.app_stream).T)
+
+    factor_kinds = 3
+
+    def node_density_feature(self, times: Sequence[float], z_start: int = 0, z_stop: int | None = None) -> Tensor:
+        z = slice(z_start, self.gridSize[2] if z_stop is None else z_stop)
+        x, y, zl = (self.density_stream.select(self.density_line[i], t)[0, :, :, 0]
+                    for i, t in zip((2, 1, 0), times))
+        return torch.einsum("cz,cy,cx->zyx", zl[:, z], y, x)
 
     def planes(self, kind: str) -> list[Tensor]:
         return []

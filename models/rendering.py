@@ -78,21 +78,21 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: f
     """
     samples = sampler(field, rays_o, rays_d, n_samples, train, generator)
     valid = samples.valid
-    if field.alphaMask is not None and valid.any():
+    if field.alphaMask is not None:
         masked = valid.clone()
         masked[valid] = field.alphaMask.sample_alpha(samples.xyz[valid]) > 0
         valid = masked
+    # empty selections are fine below (no `.any()` checks: each would wait for the device)
     xyz = field.normalize_coord(samples.xyz)
     sigma = torch.zeros(valid.shape, device=rays_o.device, dtype=rays_o.dtype)
-    if valid.any():
-        sigma[valid] = field.density(xyz[valid], t)
+    sigma[valid] = field.density(xyz[valid], t)
     _, weights = alpha_weights(sigma, samples.dists * field.distance_scale)
 
     app_mask = weights > field.rayMarch_weight_thres
     rgb = torch.zeros((*valid.shape, 3), device=rays_o.device, dtype=rays_o.dtype)
-    if app_mask.any():
-        dirs = samples.viewdirs[:, None, :].expand(xyz.shape)[app_mask]
-        rgb[app_mask] = field.color(xyz[app_mask], dirs, field.app_features(xyz[app_mask], t)).to(rgb.dtype)
+    dirs = samples.viewdirs[:, None, :].expand(xyz.shape)[app_mask]
+    points = xyz[app_mask]
+    rgb[app_mask] = field.color(points, dirs, field.app_features(points, t)).to(rgb.dtype)
 
     far_value = rays_d[:, 2] if getattr(sampler, "ndc", True) else samples.viewdirs[:, 2]
     with torch.no_grad():

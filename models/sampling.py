@@ -2,18 +2,24 @@
 
 Two spaces, as in the release: forward-facing NDC (``sample_ndc``: evenly spaced in [near, far], jittered in
 training) and a world box (``sample_box``: fixed steps from the ray's entry into the box). A sampler object
-(:data:`SAMPLERS`, chosen by ``--sampling``) wraps them so another strategy (e.g. occupancy-grid skipping) can be
-plugged into :func:`models.rendering.render_rays` without touching fields or compositing.
+(:data:`SAMPLERS`, chosen by ``--sampling``) wraps them, plugged into :func:`models.rendering.render_rays` without
+touching fields or compositing:
+
+- ``dense``: the release's sampling, every sample evaluated.
+- ``fast``: the same sample positions, but samples in cells of an occupancy grid that hold no density at any time
+  are marked invalid, so neither density nor colour is evaluated there (:class:`OccupancySampler`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
 from torch import Tensor
+
+from .occupancy import OccupancyGrid
 
 
 @dataclass
@@ -123,11 +129,62 @@ class DenseSampler:
         return sample_box(rays_o, rays_d, near, far, n_samples, field.step_size, field.aabb, train, generator)
 
 
-SAMPLERS: dict[str, Callable[..., RaySampler]] = {"dense": DenseSampler}
+class OccupancySampler:
+    """Dense sample positions; samples in empty cells of an :class:`models.occupancy.OccupancyGrid` are invalid.
+
+    The grid lives here. It is built from the field on first use, and again when the field's grid resolution
+    changed or a different field is rendered; :meth:`refresh` rebuilds it on demand (the trainer does so
+    periodically, as the field changes while fitting).
+
+    Args:
+        ndc: rays are in NDC (``ndc_ray = 1``).
+        alpha_thres: opacity over one sampling step below which a cell counts as empty.
+        max_cells: cells per axis at most.
+        dilation: cells added around the occupied ones.
+        min_transmittance: also skip samples whose transmittance is surely below this (behind matter that is
+            opaque at every time; they carry at most this much of a ray's weight together); 0 turns it off.
+    """
+
+    def __init__(self, ndc: bool, *, alpha_thres: float = 1e-4, max_cells: int = 256, dilation: int = 0,
+                 min_transmittance: float = 1e-4):
+        self.ndc = ndc
+        self.dense = DenseSampler(ndc)
+        self.alpha_thres, self.max_cells, self.dilation = float(alpha_thres), int(max_cells), int(dilation)
+        self.min_transmittance = float(min_transmittance)
+        self.grid: OccupancyGrid | None = None
+        self._built_for: tuple[int, list[int]] | None = None
+
+    def refresh(self, field) -> OccupancyGrid:
+        """Rebuild the grid from ``field`` now."""
+        self.grid = OccupancyGrid.from_field(field, alpha_thres=self.alpha_thres, max_cells=self.max_cells,
+                                             dilation=self.dilation)
+        self._built_for = (id(field), list(field.gridSize))
+        return self.grid
+
+    def grid_for(self, field) -> OccupancyGrid:
+        """The grid, rebuilt first when it was made for another field or grid resolution."""
+        if self.grid is None or self._built_for != (id(field), list(field.gridSize)):
+            self.refresh(field)
+        return self.grid
+
+    def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
+                 generator: torch.Generator | None = None) -> RaySamples:
+        samples = self.dense(field, rays_o, rays_d, n_samples, train, generator)
+        grid = self.grid_for(field)
+        cells = grid.cell_index(samples.xyz)
+        valid = samples.valid & grid.occupied.view(-1)[cells]
+        if self.min_transmittance > 0:
+            dists = samples.dists.expand(valid.shape) * field.distance_scale
+            valid = valid & grid.visible(cells, samples.valid, dists, self.min_transmittance)
+        return replace(samples, valid=valid)
 
 
-def build_sampler(name: str, ndc: bool) -> RaySampler:
-    """The sampler registered under ``name`` (``--sampling``)."""
+SAMPLERS: dict[str, Callable[..., RaySampler]] = {"dense": DenseSampler, "fast": OccupancySampler}
+
+
+def build_sampler(name: str, ndc: bool, **options) -> RaySampler:
+    """The sampler registered under ``name`` (``--sampling``); ``options`` go to its constructor (for ``fast``:
+    ``alpha_thres``, ``max_cells``, ``dilation``, ``min_transmittance``)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampling {name!r}: choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[name](ndc=ndc)
+    return SAMPLERS[name](ndc=ndc, **options)

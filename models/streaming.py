@@ -83,6 +83,16 @@ class ChannelStream:
         self.enabled = check_ld_per_frame(self.ld_per_frame) > 0
         self.rows = channel_table(self.n_comp, self.num_frames, self.ld_per_frame) if self.enabled else []
         self.stored = stored_channels(self.n_comp, self.num_frames, self.ld_per_frame) if self.enabled else self.n_comp
+        self._index_cache: dict[tuple[int, torch.device], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+    def _indices(self, row: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Index tensors of ``row`` on ``device``, made once: (leaving + rest, entering + rest, all, perm)."""
+        key = (row, device)
+        if key not in self._index_cache:
+            idx, perm = self.rows[row]
+            lists = ([idx[0]] + idx[2:], idx[1:], idx, perm)
+            self._index_cache[key] = tuple(torch.tensor(v, dtype=torch.long, device=device) for v in lists)
+        return self._index_cache[key]
 
     def select(self, stored: Tensor, t: float) -> Tensor:
         """Live channels at time ``t``.
@@ -97,15 +107,15 @@ class ChannelStream:
         if not self.enabled:
             return stored
         row, left, right = row_and_blend(float(t), len(self.rows))
-        idx, perm = self.rows[row]
+        leaving, entering, both, perm = self._indices(row, stored.device)
         if left == 0:
-            feat = stored[:, [idx[0]] + idx[2:]]
+            feat = stored.index_select(1, leaving)
         elif right == 0:
-            feat = stored[:, idx[1:]]
+            feat = stored.index_select(1, entering)
         else:
-            feat = stored[:, idx]
+            feat = stored.index_select(1, both)
             feat = torch.cat([feat[:, :1] * right + feat[:, 1:2] * left, feat[:, 2:]], dim=1)
-        return feat[:, perm]
+        return feat.index_select(1, perm)
 
     def reachable(self) -> set[int]:
         """Stored channel indices used at some time (for checks: every stored channel should be)."""

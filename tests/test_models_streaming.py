@@ -64,3 +64,15 @@ def test_bad_settings_are_named():
         channel_table(6, 10, 2)
     with pytest.raises(StreamingError, match="ld_per_frame = -0.5"):
         stored_channels(8, 10, -0.5)
+
+
+@pytest.mark.parametrize("n_comp,num_frames,ld", [(3, 5, 0.5), (16, 50, 0.5), (4, 50, 0.2), (48, 300, 0.1),
+                                                  (12, 30, 1.0)])
+def test_rows_join_continuously(n_comp, num_frames, ld):
+    """Where a row ends, the next starts with the channels it blended into (the occupancy grid's bound over time
+    relies on it)."""
+    rows = channel_table(n_comp, num_frames, ld)
+    for (idx, perm), (next_idx, next_perm) in zip(rows, rows[1:]):
+        entering = [idx[1:][p] for p in perm]
+        leaving_next = [([next_idx[0]] + next_idx[2:])[p] for p in next_perm]
+        assert entering == leaving_next

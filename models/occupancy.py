@@ -1,0 +1,173 @@
+"""Occupancy grid over the scene box, for all times: which cells may hold density, so samples elsewhere are skipped.
+
+Built from the field itself, exactly: inside one cell of the field's grid (between 8 neighbouring grid nodes) the
+density feature is the trilinear interpolation of the node values (each plane x line product is bilinear x linear),
+so its extremes over the cell are at the cell's corners. Over time, within one row of the stream table each
+factor's live channels are a linear blend of the row's two ends, so the feature (a sum of products of 2 or 3 such
+factors) is a convex combination of the products with each factor taken at either end (:func:`probe_times`):
+their extremes bound every time in [0, 1]. A cell is occupied when that maximum gives a density whose opacity over
+one sampling step (``field.step_size * field.distance_scale``) exceeds ``alpha_thres``. Density and opacity are
+monotone in the feature, so a sample in an empty cell, at any time in [0, 1], has opacity at most ``alpha_thres``:
+skipping it changes nothing above that level. With ``fea2denseAct = relu`` and ``alpha_thres = 0`` the skipped
+samples have density exactly 0 and renders are those of dense sampling.
+
+The same argument with minima gives a lower bound of the density in each cell at every time (``floor``). Summed
+along a ray it bounds the transmittance from above, so samples behind surfaces that are opaque at every time (the
+background, and the unconstrained space behind it) can be skipped with a known bound on what they could add
+(:meth:`OccupancyGrid.visible`).
+
+Cells are indexed ``[z, y, x]`` like the field's node volume (:meth:`StreamTensorBase.node_density_feature`); a
+grid larger than ``max_cells`` per axis is max-pooled down (still conservative).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .streaming import ChannelStream
+
+log = logging.getLogger(__name__)
+
+NODE_BUDGET = 2**24  # grid nodes evaluated at once while building (64 MiB of float32 per buffer)
+
+
+def probe_times(num_frames: int, ld_per_frame: float, factor_kinds: int = 2) -> list[tuple[float, ...]]:
+    """Per-factor-kind times at which the density is evaluated so that its extremes bound every time in [0, 1].
+
+    Row ``r`` of ``R`` rows of the stream table serves times ``[r/R, (r+1)/R)``; at ``(r+1)/R`` the next row starts
+    with the channels row ``r`` blends into (the table is continuous, see ``tests/test_models_streaming.py``). Every
+    combination of the two ends over the factor kinds is returned; without streaming one time is enough.
+    """
+    if ld_per_frame == 0:
+        return [(0.0,) * factor_kinds]
+    rows = len(ChannelStream(1, num_frames, ld_per_frame).rows)
+    combos = set()
+    for r in range(rows):
+        for choice in itertools.product((r / rows, (r + 1) / rows), repeat=factor_kinds):
+            combos.add(choice)
+    return sorted(combos)
+
+
+def feature_threshold(field, alpha_thres: float) -> float:
+    """Density feature above which a point's opacity over one sampling step exceeds ``alpha_thres``."""
+    sigma = -math.log1p(-alpha_thres) / (field.step_size * field.distance_scale)
+    if field.fea2denseAct == "relu":
+        return sigma
+    if sigma <= 0:
+        return -math.inf
+    return math.log(math.expm1(sigma)) - field.density_shift  # softplus(f + shift) > sigma
+
+
+class OccupancyGrid:
+    """Boolean cells ``[Zc, Yc, Xc]`` over the box ``aabb``; see the module docstring.
+
+    Args:
+        occupied: bool ``[Zc, Yc, Xc]``.
+        floor: float ``[Zc, Yc, Xc]`` lower bound of the density in each cell at every time.
+        aabb: ``[2, 3]`` box (min, max) of the field.
+        node_reso: the field's grid resolution ``(x, y, z)`` the cells were built on (``reso - 1`` cells per axis).
+        factor: field cells per grid cell ``(x, y, z)`` (pooling of large grids).
+    """
+
+    def __init__(self, occupied: Tensor, floor: Tensor, aabb: Tensor, node_reso: Sequence[int],
+                 factor: Sequence[int]):
+        self.occupied = occupied
+        self.floor = floor
+        self.aabb = aabb.to(occupied.device)
+        self.node_reso = [int(v) for v in node_reso]
+        self.factor = [int(v) for v in factor]
+        self._reso = torch.tensor(self.node_reso, device=occupied.device, dtype=torch.float32)
+        self._factor = torch.tensor(self.factor, device=occupied.device, dtype=torch.long)
+        self._strides = torch.tensor([1, occupied.shape[2], occupied.shape[1] * occupied.shape[2]],
+                                     device=occupied.device, dtype=torch.long)
+
+    @property
+    def fraction(self) -> float:
+        """Share of occupied cells."""
+        return float(self.occupied.float().mean())
+
+    def cell_index(self, xyz: Tensor) -> Tensor:
+        """Flat cell index (into ``occupied.view(-1)``) of box-space points ``[..., 3]``; points outside are
+        clamped to the nearest cell."""
+        units = (xyz - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * (self._reso - 1)
+        cell = units.floor().long().clamp_(min=0)
+        cell = torch.minimum(cell, (self._reso - 2).long().clamp(min=0)) // self._factor
+        return (cell * self._strides).sum(-1)
+
+    def lookup(self, xyz: Tensor) -> Tensor:
+        """Occupancy of box-space points ``[..., 3]`` -> bool ``[...]``."""
+        return self.occupied.view(-1)[self.cell_index(xyz)]
+
+    def visible(self, cells: Tensor, valid: Tensor, dists: Tensor, min_transmittance: float) -> Tensor:
+        """Samples whose transmittance may still exceed ``min_transmittance`` (an upper bound from ``floor``).
+
+        The samples left out lie behind matter opaque at every time: together they carry at most
+        ``min_transmittance`` of the ray's weight.
+
+        Args:
+            cells: long ``[n_rays, n_samples]`` from :meth:`cell_index`.
+            valid: bool ``[n_rays, n_samples]`` samples inside the box.
+            dists: ``[n_rays, n_samples]`` sample spacing already multiplied by ``distance_scale``.
+            min_transmittance: in (0, 1).
+
+        Returns:
+            bool ``[n_rays, n_samples]``.
+        """
+        depth = torch.where(valid, self.floor.view(-1)[cells], 0.0) * dists
+        before = torch.cumsum(depth, dim=-1) - depth  # optical depth in front of each sample
+        return before < -math.log(min_transmittance)
+
+    @classmethod
+    @torch.no_grad()
+    def from_field(cls, field, *, alpha_thres: float = 1e-4, max_cells: int = 256, dilation: int = 0,
+                   times: Sequence[float | Sequence[float]] | None = None) -> OccupancyGrid:
+        """Build the grid of ``field`` over all times.
+
+        Args:
+            field: a :class:`models.fields.StreamTensorBase`.
+            alpha_thres: opacity over one sampling step below which a cell counts as empty.
+            max_cells: cells per axis at most (larger grids are max-pooled).
+            dilation: grow the occupied cells by this many cells (lets surfaces move into empty space while fitting
+                edited images).
+            times: times to evaluate, each a float or per-factor-kind times (default :func:`probe_times`, which
+                bounds every time in [0, 1]).
+        """
+        if times is None:
+            times = probe_times(field.num_frames, field.ld_per_frame, field.factor_kinds)
+        times = [(t,) * field.factor_kinds if isinstance(t, (int, float)) else tuple(t) for t in times]
+        threshold = feature_threshold(field, alpha_thres)
+        res_x, res_y, res_z = field.gridSize
+        shape = (res_z - 1, res_y - 1, res_x - 1)
+        cells = torch.zeros(shape, dtype=torch.bool, device=field.aabb.device)
+        floor = torch.zeros(shape, dtype=torch.float32, device=field.aabb.device)
+        step = max(1, NODE_BUDGET // (res_x * res_y) - 1)
+        for z0 in range(0, res_z - 1, step):
+            z1 = min(res_z, z0 + step + 1)  # nodes z0..z1-1 bound cells z0..z1-2
+            node_max = node_min = None
+            for t in times:
+                feature = field.node_density_feature(t, z0, z1)
+                node_max = feature if node_max is None else torch.maximum(node_max, feature)
+                node_min = feature if node_min is None else torch.minimum(node_min, feature)
+            nodes = (node_max > threshold).float()[None, None]
+            cells[z0:z1 - 1] = F.max_pool3d(nodes, kernel_size=2, stride=1)[0, 0] > 0
+            cell_min = -F.max_pool3d(-node_min[None, None].float(), kernel_size=2, stride=1)[0, 0]
+            floor[z0:z1 - 1] = field.activate_density(cell_min)
+        if dilation > 0:
+            size = 2 * dilation + 1
+            cells = F.max_pool3d(cells.float()[None, None], size, stride=1, padding=dilation)[0, 0] > 0
+        factor = [max(1, math.ceil(n / max_cells)) for n in (res_x - 1, res_y - 1, res_z - 1)]
+        if factor != [1, 1, 1]:
+            kernel = (factor[2], factor[1], factor[0])
+            cells = F.max_pool3d(cells.float()[None, None], kernel, stride=kernel, ceil_mode=True)[0, 0] > 0
+            floor = -F.max_pool3d(-floor[None, None], kernel, stride=kernel, ceil_mode=True)[0, 0]
+        grid = cls(cells, floor, field.aabb.detach(), field.gridSize, factor)
+        log.debug("occupancy grid %s: %.1f%% occupied over %d times", list(cells.shape), 100 * grid.fraction,
+                  len(times))
+        return grid

@@ -1,0 +1,168 @@
+"""Occupancy grid and fast sampling (models/occupancy.py, models/sampling.py OccupancySampler, the trainer's use)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dataloader import load_scene
+from dataloader.cameras import unproject_depth
+from models import FitSettings, Trainer, build_model, build_sampler, field_from_args, render_image, render_rays
+from models.config import parse_args
+from models.occupancy import OccupancyGrid, feature_threshold, probe_times
+from models.sampling import OccupancySampler
+
+BOX = torch.tensor([[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]])
+TINY = ["--ndc_ray", "1", "--N_voxel_init", str(16**3), "--N_voxel_final", str(24**3), "--upsamp_list", "60",
+        "--n_lamb_sigma", "4", "--n_lamb_sigma", "2", "--n_lamb_sigma", "2", "--n_lamb_sh", "8", "--n_lamb_sh", "4",
+        "--n_lamb_sh", "4", "--shadingMode", "MLP_Fea", "--fea2denseAct", "relu", "--view_pe", "0", "--fea_pe", "0",
+        "--featureC", "32", "--step_ratio", "1.0", "--ld_per_frame", "0.5", "--batch_size", "512", "--n_iters", "250",
+        "--TV_weight_density", "1", "--TV_weight_app", "1", "--dataset_name", "synthetic", "--sampling", "fast",
+        "--occupancy_warmup", "100", "--occupancy_every", "50"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(model_name="StreamTensorVMSplit", act="relu", ld=0.5):
+    torch.manual_seed(0)
+    return build_model(model_name, BOX, [8, 9, 6], density_n_comp=[4, 2, 2], appearance_n_comp=[4, 2, 2],
+                       app_dim=27, shadingMode="MLP_Fea", near_far=[0.0, 1.0], view_pe=0, fea_pe=0, featureC=16,
+                       fea2denseAct=act, density_shift=-0.1, num_frames=7, ld_per_frame=ld, step_ratio=0.5)
+
+
+def alpha_at_quantile(field, q):
+    """The opacity threshold whose density feature is the ``q`` quantile of the field's features at t = 0.5."""
+    with torch.no_grad():
+        feature = field.density_feature(torch.rand(4000, 3) * 2 - 1, 0.5).quantile(q)
+        sigma = field.activate_density(feature).item()
+    return -math.expm1(-sigma * field.step_size * field.distance_scale)
+
+
+def rays(n=40):
+    g = torch.Generator().manual_seed(3)
+    rays_o = torch.cat([torch.rand(n, 2, generator=g) * 2 - 1, -torch.ones(n, 1)], dim=-1)
+    rays_d = torch.cat([torch.randn(n, 2, generator=g) * 0.3, 2 * torch.ones(n, 1)], dim=-1)
+    return rays_o, rays_d
+
+
+def test_probe_times_cover_row_ends():
+    assert probe_times(7, 0) == [(0.0, 0.0)]
+    times = probe_times(7, 0.5)  # 7 frames, a new channel every 2 frames: 3 rows, ends 0, 1/3, 2/3, 1
+    assert times[0] == (0.0, 0.0) and times[-1] == (1.0, 1.0)
+    assert (0.0, 1 / 3) in times and (1 / 3, 0.0) in times and (0.0, 2 / 3) not in times
+    assert len(probe_times(7, 0.5, factor_kinds=3)) == 3 * 8 - 2
+
+
+@pytest.mark.parametrize("model_name", ["StreamTensorVMSplit", "StreamTensorCP"])
+@pytest.mark.parametrize("act", ["relu", "softplus"])
+def test_grid_never_drops_density_at_any_time(model_name, act):
+    """Every point whose opacity over one step exceeds the threshold at some time lies in an occupied cell, and
+    the cell's floor never exceeds the density there."""
+    field = tiny(model_name, act)
+    alpha = alpha_at_quantile(field, 0.999)
+    grid = OccupancyGrid.from_field(field, alpha_thres=alpha)
+    assert 0.0 < grid.fraction < 1.0, grid.fraction
+    g = torch.Generator().manual_seed(1)
+    xyz = (torch.rand(20000, 3, generator=g) * (BOX[1] - BOX[0]) + BOX[0])
+    threshold = feature_threshold(field, alpha)
+    checked = 0
+    with torch.no_grad():
+        for t in torch.rand(12, generator=g).tolist() + [0.0, 1.0]:
+            feature = field.density_feature(field.normalize_coord(xyz), t)
+            dense = feature > threshold + 1e-5
+            assert grid.lookup(xyz)[dense].all(), f"an occupied point at t={t} lies in an empty cell"
+            checked += int(dense.sum())
+            floor = grid.floor.view(-1)[grid.cell_index(xyz)]
+            assert (floor <= field.activate_density(feature) + 1e-5).all()
+    assert checked > 0
+
+
+def test_pooled_grid_is_conservative():
+    field = tiny()
+    fine = OccupancyGrid.from_field(field, alpha_thres=0.05)
+    coarse = OccupancyGrid.from_field(field, alpha_thres=0.05, max_cells=3)
+    dilated = OccupancyGrid.from_field(field, alpha_thres=0.05, dilation=1)
+    assert coarse.factor != [1, 1, 1] and max(coarse.occupied.shape) <= 3
+    xyz = torch.rand(5000, 3) * (BOX[1] - BOX[0]) + BOX[0]
+    assert coarse.lookup(xyz)[fine.lookup(xyz)].all() and dilated.lookup(xyz)[fine.lookup(xyz)].all()
+    assert dilated.fraction >= fine.fraction
+
+
+def test_zero_threshold_relu_renders_exactly_like_dense():
+    """With relu and alpha_thres 0 the skipped samples have density exactly 0: the renders are dense mode's."""
+    field = tiny()
+    with torch.no_grad():  # no density where x < 0: every plane x line product is negative there
+        for i in range(3):
+            field.density_line[i].abs_()
+            plane = field.density_plane[i]
+            plane.abs_()
+            plane[..., : plane.shape[-1] // 2 if i < 2 else plane.shape[-1]] *= -1
+    rays_o, rays_d = rays()
+    fast = build_sampler("fast", True, alpha_thres=0.0, min_transmittance=0.0)
+    dense = build_sampler("dense", True)
+    with torch.no_grad():
+        a = render_rays(field, fast, rays_o, rays_d, 0.4, n_samples=48)
+        b = render_rays(field, dense, rays_o, rays_d, 0.4, n_samples=48)
+        skipped = (~fast(field, rays_o, rays_d, 48, False).valid).sum() - (~dense(field, rays_o, rays_d, 48,
+                                                                                   False).valid).sum()
+    assert skipped > 0
+    for key in ("rgb", "depth", "acc"):
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_fresh_sampler_builds_and_follows_the_field():
+    field = tiny()
+    sampler = build_sampler("fast", True)
+    assert isinstance(sampler, OccupancySampler) and sampler.grid is None
+    rays_o, rays_d = rays(8)
+    with torch.no_grad():
+        render_rays(field, sampler, rays_o, rays_d, 0.0, n_samples=16)
+    assert sampler.grid is not None and sampler.grid.node_reso == [8, 9, 6]
+    field.upsample([12, 13, 9])
+    with torch.no_grad():
+        render_rays(field, sampler, rays_o, rays_d, 0.0, n_samples=16)
+    assert sampler.grid.node_reso == [12, 13, 9] and list(sampler.grid.occupied.shape) == [8, 12, 11]
+
+
+@pytest.fixture(scope="module")
+def fitted(small_scene_dir):
+    """A small model fitted in fast mode (dense warm-up, then the occupancy grid), and its scene."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    scene = load_scene("synthetic", small_scene_dir, ndc=True)
+    args = parse_args(TINY + ["--datadir", str(small_scene_dir)])
+    torch.manual_seed(0)
+    trainer = Trainer(field_from_args(args, scene), scene, FitSettings.from_args(args), tensorboard=False)
+    trainer.train(progress=False)
+    torch.set_num_threads(before)
+    return trainer
+
+
+def test_fast_and_dense_renders_match_on_trained_model(fitted):
+    scene, field = fitted.scene, fitted.field
+    assert isinstance(fitted.sampler, OccupancySampler) and fitted.sampler.grid.fraction < 1.0
+    dense = build_sampler("dense", scene.ndc)
+    for frame in (0, scene.num_frames - 1):
+        a = render_image(field, fitted.sampler, scene, frame, scene.test_cams[0])["rgb"]
+        b = render_image(field, dense, scene, frame, scene.test_cams[0])["rgb"]
+        match = -10 * math.log10(max(torch.mean((a - b) ** 2).item(), 1e-20))
+        assert match > 45.0, f"fast vs dense render PSNR {match:.1f} dB at frame {frame}"
+
+
+def test_grid_keeps_every_ground_truth_surface(fitted):
+    """Surface points of every camera and frame (ground-truth depth, in NDC) lie in occupied cells."""
+    scene = fitted.scene
+    grid = OccupancyGrid.from_field(fitted.field)
+    ax = -scene.focal / (scene.width / 2.0)
+    ay = -scene.focal / (scene.height / 2.0)
+    for frame in range(scene.num_frames):
+        for cam in range(scene.num_cams):
+            points = unproject_depth(scene.gt["depth"][frame, cam], scene.K[cam], scene.c2w[cam]).reshape(-1, 3)
+            x, y, z = points.unbind(-1)
+            ndc = torch.stack([ax * x / z, ay * y / z, 1.0 + 2.0 / z], dim=-1)
+            inside = ((ndc >= scene.scene_box[0]) & (ndc <= scene.scene_box[1])).all(-1)
+            assert inside.float().mean() > 0.9
+            hit = grid.lookup(ndc[inside])
+            assert hit.all(), f"frame {frame} cam {cam}: {(~hit).sum()} surface points in empty cells"
