@@ -60,6 +60,23 @@ def check_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def weights_source(model: str) -> str:
+    """``model`` as a complete local pipeline folder or a hub id; IP2PWeightsError naming what is wrong otherwise."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if not (local / "model_index.json").is_file():
+            raise IP2PWeightsError(f"--ip2p_model {model}: this folder has no model_index.json, so it is not a "
+                                   f"diffusers pipeline folder (expected {PIPELINE_LAYOUT}).\n{download_hint(model)}")
+        return str(local)
+    if local.exists():
+        raise IP2PWeightsError(f"--ip2p_model {model} is a file; pass a diffusers pipeline folder "
+                               f"({PIPELINE_LAYOUT}) or a hub id such as {DEFAULT_IP2P_MODEL}")
+    if looks_like_hub_id(model):
+        return model
+    raise IP2PWeightsError(f"--ip2p_model {model}: no such folder, and it is not a Hugging Face hub id.\n"
+                           f"{download_hint(model)}")
+
+
 def load_pipeline(model: str = DEFAULT_IP2P_MODEL, dtype: torch.dtype = torch.float32):
     """``StableDiffusionInstructPix2PixPipeline`` (no safety checker) from a local folder or a hub id.
 
@@ -72,19 +89,7 @@ def load_pipeline(model: str = DEFAULT_IP2P_MODEL, dtype: torch.dtype = torch.fl
     model = str(model)
     local = Path(model).expanduser()
     # 1. where the weights are: a local folder, or a hub id (downloaded once, then cached)
-    if local.is_dir():
-        if not (local / "model_index.json").is_file():
-            raise IP2PWeightsError(f"--ip2p_model {model}: this folder has no model_index.json, so it is not a "
-                                   f"diffusers pipeline folder (expected {PIPELINE_LAYOUT}).\n{download_hint(model)}")
-        source = str(local)
-    elif local.exists():
-        raise IP2PWeightsError(f"--ip2p_model {model} is a file; pass a diffusers pipeline folder "
-                               f"({PIPELINE_LAYOUT}) or a hub id such as {DEFAULT_IP2P_MODEL}")
-    elif looks_like_hub_id(model):
-        source = model
-    else:
-        raise IP2PWeightsError(f"--ip2p_model {model}: no such folder, and it is not a Hugging Face hub id.\n"
-                               f"{download_hint(model)}")
+    source = weights_source(model)
     # 2. load the components (diffusers goes to the hub only for a hub id that is not cached)
     try:
         pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
@@ -146,15 +151,9 @@ def check_available(model: str) -> str:
         IP2PWeightsError: as :func:`load_pipeline` would, with the same hint.
     """
     model = str(model)
-    local = Path(model).expanduser()
-    if local.is_dir():
-        if not (local / "model_index.json").is_file():
-            raise IP2PWeightsError(f"--ip2p_model {model}: this folder has no model_index.json, so it is not a "
-                                   f"diffusers pipeline folder (expected {PIPELINE_LAYOUT}).\n{download_hint(model)}")
-        return str(local)
-    if local.exists() or not looks_like_hub_id(model):
-        raise IP2PWeightsError(f"--ip2p_model {model}: no such folder, and it is not a Hugging Face hub id.\n"
-                               f"{download_hint(model)}")
+    source = weights_source(model)
+    if Path(model).expanduser().is_dir():
+        return source
     from huggingface_hub import snapshot_download
 
     try:
