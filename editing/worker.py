@@ -124,7 +124,15 @@ def run_editor(ctx, job: EditJob) -> None:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process in MiB (Linux)."""
+    """Peak resident memory of this process in MiB: ``VmHWM`` on Linux (``ru_maxrss`` survives ``exec``, so a spawned
+    process would report its parent's peak), ``ru_maxrss`` elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
     import sys
 
