@@ -39,7 +39,7 @@ from .schedules import (
 )
 from .state import EditState, ResumeError
 from .store import ImageStore
-from .worker import EditJob, EditorSpec, run_editor
+from .worker import EditJob, EditorSpec, load_factory, run_editor
 
 log = logging.getLogger("stream_edit")
 
@@ -172,6 +172,11 @@ class EditRun:
         write_config(written, run_dir / "config.txt", build_edit_parser())
 
         # 4. the editor's weights (checked here, loaded in the editor processes)
+        if args.editor != "ip2p":
+            try:
+                load_factory(args.editor)
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
         self.editor_model = resolve_editor_model(args, run_dir) if args.editor == "ip2p" else args.ip2p_model
 
         # 5. depth of every camera at the frames the schedule warps between cameras

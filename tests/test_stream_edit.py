@@ -160,6 +160,8 @@ def test_bad_input_is_named(edit_argv, fitted, tmp_path, caplog):
         same = edit_argv("nerf", "--basedir", str(fitted.parent.parent), "--ckpt", str(fitted.parent))
         assert stream_edit.main(same) == 2  # the edit would write into the NeRF's folder
         assert "is the folder of --ckpt" in caplog.text
+        assert stream_edit.main(edit_argv("f", "--editor", "no_such_module:factory")) == 2
+        assert "--editor 'no_such_module:factory': cannot import it" in caplog.text
         assert stream_edit.main(edit_argv("e", "--prompt", " ")) == 2
         assert "the prompt is empty" in caplog.text
         bad = tmp_path / "bad.txt"
