@@ -113,8 +113,9 @@ def build_parser() -> configargparse.ArgumentParser:
     add("--nSamples", type=int, default=1000000, help="cap on the training samples per ray")
     add("--step_ratio", type=float, default=0.5, help="sampling step in voxels")
     add("--sampling", type=str, default="fast", help="ray sampler (models.sampling.SAMPLERS): dense (the "
-                                                     "release's, every sample) or fast (the same samples, skipping "
-                                                     "cells of an occupancy grid that are empty at every time)")
+                                                     "release's, every sample) or fast (skips cells of an occupancy "
+                                                     "grid that are empty at every time; in NDC, fits at fewer "
+                                                     "samples placed by a coarse pass, see --importance_*)")
     add("--occupancy_warmup", type=int, default=200, help="fast sampling: iterations of dense sampling before the "
                                                           "first occupancy grid")
     add("--occupancy_every", type=int, default=100, help="fast sampling: rebuild the occupancy grid from the field "
@@ -126,6 +127,13 @@ def build_parser() -> configargparse.ArgumentParser:
                                                         "cells")
     add("--occupancy_min_transmittance", type=float, default=1e-4, help="fast sampling: also skip samples behind "
         "matter opaque at every time, once the transmittance is surely below this; 0: off")
+    add("--importance_fine", type=float, default=0.125, help="fast sampling, NDC: fit each batch at this share of the "
+        "dense sample count, drawn where a coarse pass puts the weight (0: fit at the dense positions)")
+    add("--importance_coarse", type=float, default=0.5, help="fast sampling: share of the dense sample count of the "
+        "coarse pass (density only, no gradients)")
+    add("--importance_uniform", type=float, default=0.1, help="fast sampling: share of the fine samples' probability "
+        "spread evenly along the ray")
+    add("--importance_min_fine", type=int, default=32, help="fast sampling: fine samples per ray at least")
     add("--frames_per_batch", type=int, default=0, help="frames whose rays share one batch (batch_size / this "
                                                         "rays each); 0: 1 with --sampling dense (the release's one "
                                                         "frame per batch), 4 with fast")
@@ -212,6 +220,13 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key):
             raise ConfigError(f"{key} = {getattr(args, key)}: the released models never use it and it is not "
                               "implemented; set it to 0")
+    for key, low in (("importance_fine", 0.0), ("importance_coarse", 0.0), ("importance_uniform", 0.0)):
+        value = getattr(args, key, None)
+        if value is not None and not low <= value <= 1.0:
+            raise ConfigError(f"{key} = {value}: must be in [0, 1] (a share of the dense sample count)")
+    if getattr(args, "importance_fine", 0) and not getattr(args, "importance_coarse", 1):
+        raise ConfigError("importance_coarse = 0 with importance_fine > 0: the coarse pass needs samples; set "
+                          "importance_coarse (e.g. 0.5) or importance_fine = 0")
     if args.cfg_options:
         raise ConfigError("--cfg_options (mmcv overrides) is not supported: pass the options directly, "
                           "e.g. --n_iters 1000")

@@ -29,7 +29,7 @@ from .regularizers import density_l1, orthogonality, tv_loss
 from .rendering import render_image, render_rays
 from .renders import write_image
 from .samplers import MotionSampler, UniformSampler
-from .sampling import OccupancySampler, RaySampler, build_sampler
+from .sampling import ImportanceSampler, OccupancySampler, RaySampler, build_sampler
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,10 @@ class FitSettings:
     occupancy_cells: int = 256
     occupancy_dilate: int = 0
     occupancy_min_transmittance: float = 1e-4
+    importance_coarse: float = 0.5
+    importance_fine: float = 0.125
+    importance_uniform: float = 0.1
+    importance_min_fine: int = 32
     seed: int = 20211202
     chunk: int = 4096
 
@@ -156,6 +160,14 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(settings.seed + self.iteration)
         self.sampler = build_sampler(settings.sampling, scene.ndc, **settings.sampler_options())
         self.dense_sampler = build_sampler("dense", scene.ndc)
+        self.importance: dict[int, ImportanceSampler] = {}
+        if isinstance(self.sampler, OccupancySampler) and settings.importance_fine > 0:
+            if scene.ndc:
+                options = {"coarse_ratio": settings.importance_coarse, "fine_ratio": settings.importance_fine,
+                           "uniform_mix": settings.importance_uniform, "min_fine": settings.importance_min_fine}
+                self.importance = {id(c): ImportanceSampler(c, **options) for c in (self.sampler, self.dense_sampler)}
+            else:
+                log.info("importance sampling is for NDC scenes only: fitting with the occupancy grid alone")
         self.pixel_sampler: UniformSampler | None = None
         factor = settings.lr_factor
         voxels = voxel_schedule(settings.N_voxel_init, settings.N_voxel_final, len(settings.upsamp_list))
@@ -214,17 +226,20 @@ class Trainer:
 
     def ray_sampler(self) -> RaySampler:
         """The ray sampler of the current iteration: dense during the occupancy warm-up, then the fast one, whose
-        grid is rebuilt from the field every ``occupancy_every`` iterations."""
+        grid is rebuilt from the field every ``occupancy_every`` iterations; with ``importance_fine > 0`` (NDC) either
+        is the coarse pass of an :class:`models.sampling.ImportanceSampler`."""
         s = self.settings
         if not isinstance(self.sampler, OccupancySampler):
             return self.sampler
         if self.iteration < s.occupancy_warmup:
-            return self.dense_sampler
-        if self.sampler.grid is None or (self.iteration - s.occupancy_warmup) % max(1, s.occupancy_every) == 0:
-            grid = self.sampler.refresh(self.field)
-            if self.writer is not None:
-                self.writer.add_scalar("train/occupancy", grid.fraction, self.iteration)
-        return self.sampler
+            sampler = self.dense_sampler
+        else:
+            if self.sampler.grid is None or (self.iteration - s.occupancy_warmup) % max(1, s.occupancy_every) == 0:
+                grid = self.sampler.refresh(self.field)
+                if self.writer is not None:
+                    self.writer.add_scalar("train/occupancy", grid.fraction, self.iteration)
+            sampler = self.sampler
+        return self.importance.get(id(sampler), sampler)
 
     # -- one step --------------------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:

@@ -76,7 +76,7 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: f
     Returns:
         ``rgb [n_rays, 3]``, ``depth [n_rays]`` (no gradient), ``acc [n_rays]``.
     """
-    samples = sampler(field, rays_o, rays_d, n_samples, train, generator)
+    samples = sampler(field, rays_o, rays_d, n_samples, train, generator, t=t)
     valid = samples.valid
     if field.alphaMask is not None:
         masked = valid.clone()

@@ -7,7 +7,12 @@ touching fields or compositing:
 
 - ``dense``: the release's sampling, every sample evaluated.
 - ``fast``: the same sample positions, but samples in cells of an occupancy grid that hold no density at any time
-  are marked invalid, so neither density nor colour is evaluated there (:class:`OccupancySampler`).
+  are marked invalid, so neither density nor colour is evaluated there (:class:`OccupancySampler`). In training
+  (NDC scenes), :class:`ImportanceSampler` goes further: a coarse pass without gradients evaluates the density at a
+  share of those positions, and the batch is fitted at fewer samples drawn where the coarse weights are.
+
+Renders (``train=False``) always use the dense positions, so test views, paths and depth for editing are those of
+the release's sampling whatever the training sampler was.
 """
 
 from __future__ import annotations
@@ -105,10 +110,11 @@ def sample_box(rays_o: Tensor, rays_d: Tensor, near: float, far: float, n_sample
 
 
 class RaySampler(Protocol):
-    """What :func:`models.rendering.render_rays` needs from a sampler."""
+    """What :func:`models.rendering.render_rays` needs from a sampler (``t``: the batch's time, for samplers that
+    look at the field's density)."""
 
     def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
-                 generator: torch.Generator | None = None) -> RaySamples: ...
+                 generator: torch.Generator | None = None, t: float = 0.0) -> RaySamples: ...
 
 
 class DenseSampler:
@@ -122,7 +128,7 @@ class DenseSampler:
         self.ndc = ndc
 
     def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
-                 generator: torch.Generator | None = None) -> RaySamples:
+                 generator: torch.Generator | None = None, t: float = 0.0) -> RaySamples:
         near, far = field.near_far
         if self.ndc:
             return sample_ndc(rays_o, rays_d, near, far, n_samples, field.aabb, train, generator)
@@ -168,7 +174,7 @@ class OccupancySampler:
         return self.grid
 
     def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
-                 generator: torch.Generator | None = None) -> RaySamples:
+                 generator: torch.Generator | None = None, t: float = 0.0) -> RaySamples:
         samples = self.dense(field, rays_o, rays_d, n_samples, train, generator)
         grid = self.grid_for(field)
         cells = grid.cell_index(samples.xyz)
@@ -177,6 +183,98 @@ class OccupancySampler:
             dists = samples.dists.expand(valid.shape) * field.distance_scale
             valid = valid & grid.visible(cells, samples.valid, dists, self.min_transmittance)
         return replace(samples, valid=valid)
+
+
+def sample_pdf(edges: Tensor, weights: Tensor, n_samples: int, uniform_mix: float, train: bool,
+                generator: torch.Generator | None = None) -> Tensor:
+    """Ray parameters drawn from piecewise-constant densities over bins (inverse transform, stratified).
+
+    Args:
+        edges: ``[n_rays, B + 1]`` increasing bin edges.
+        weights: ``[n_rays, B]`` non-negative bin weights (need not sum to 1).
+        n_samples: samples per ray.
+        uniform_mix: share of the probability spread evenly over the bins, so every bin keeps being sampled.
+        train: one uniform draw inside each of the ``n_samples`` strata; else the strata's centres.
+        generator: random source of the draws.
+
+    Returns:
+        ``[n_rays, n_samples]`` sorted ray parameters inside ``[edges[:, 0], edges[:, -1]]``.
+    """
+    n_rays, bins = weights.shape
+    pdf = weights + 1e-8
+    pdf = (1.0 - uniform_mix) * pdf / pdf.sum(-1, keepdim=True) + uniform_mix / bins
+    cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, -1)], dim=-1)
+    cdf = cdf / cdf[:, -1:]
+    if train:
+        offsets = torch.rand((n_rays, n_samples), generator=generator,
+                             device=generator.device if generator else None).to(cdf)
+    else:
+        offsets = torch.full((n_rays, n_samples), 0.5, dtype=cdf.dtype, device=cdf.device)
+    u = (torch.arange(n_samples, dtype=cdf.dtype, device=cdf.device) + offsets) / n_samples
+    index = torch.searchsorted(cdf.contiguous(), u.contiguous(), right=True).clamp(1, bins)
+    cdf_lo, cdf_hi = cdf.gather(1, index - 1), cdf.gather(1, index)
+    edge_lo, edge_hi = edges.gather(1, index - 1), edges.gather(1, index)
+    share = (u - cdf_lo) / (cdf_hi - cdf_lo).clamp(min=1e-12)
+    return (edge_lo + share.clamp(0, 1) * (edge_hi - edge_lo)).sort(dim=-1).values
+
+
+class ImportanceSampler:
+    """Training samples where the field's weights are: a coarse pass, then fewer samples with gradients.
+
+    1. the ``coarse`` sampler places ``coarse_ratio * n_samples`` samples (the release's NDC positions, thinned by
+       the occupancy grid when ``coarse`` is an :class:`OccupancySampler`); their density is evaluated without
+       gradients and composited into weights;
+    2. ``fine_ratio * n_samples`` (at least ``min_fine``) ray parameters are drawn from those weights (each coarse
+       sample's weight spread over the interval up to the next one, ``uniform_mix`` of the mass spread evenly, so
+       empty-looking space keeps being visited and density can still grow there);
+    3. the returned samples are those, each spanning the distance to the next one (the last one to ``far``).
+
+    Only training batches (``train=True``) of NDC rays are resampled; renders get ``coarse``'s dense positions, so
+    they are the release's renders of the same field.
+
+    Args:
+        coarse: the sampler of the coarse pass and of renders.
+        coarse_ratio, fine_ratio: coarse and fine samples as a share of the dense count ``n_samples``.
+        uniform_mix: share of the fine samples' probability spread evenly along the ray.
+        min_fine: fine samples at least (short rays lose quality with too few).
+    """
+
+    def __init__(self, coarse: RaySampler, *, coarse_ratio: float = 0.5, fine_ratio: float = 0.125,
+                 uniform_mix: float = 0.1, min_fine: int = 32):
+        if not (0 < coarse_ratio <= 1 and 0 < fine_ratio <= 1 and 0 <= uniform_mix <= 1):
+            raise ValueError(f"importance sampling needs 0 < coarse_ratio, fine_ratio <= 1 and uniform_mix in [0, 1] "
+                             f"(got {coarse_ratio}, {fine_ratio}, {uniform_mix})")
+        self.coarse = coarse
+        self.ndc = getattr(coarse, "ndc", True)
+        self.coarse_ratio, self.fine_ratio, self.uniform_mix = coarse_ratio, fine_ratio, uniform_mix
+        self.min_fine = int(min_fine)
+
+    def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
+                 generator: torch.Generator | None = None, t: float = 0.0) -> RaySamples:
+        if not train or not self.ndc:
+            return self.coarse(field, rays_o, rays_d, n_samples, train, generator, t=t)
+        from .rendering import alpha_weights  # rendering imports this module
+
+        near, far = field.near_far
+        n_coarse = max(2, round(n_samples * self.coarse_ratio))
+        n_fine = min(n_samples, max(2, self.min_fine, round(n_samples * self.fine_ratio)))
+        with torch.no_grad():
+            coarse = self.coarse(field, rays_o, rays_d, n_coarse, train, generator, t=t)
+            valid = coarse.valid
+            if field.alphaMask is not None:
+                valid = valid.clone()
+                valid[valid] = field.alphaMask.sample_alpha(coarse.xyz[valid]) > 0
+            sigma = torch.zeros(valid.shape, device=rays_o.device, dtype=rays_o.dtype)
+            sigma[valid] = field.density(field.normalize_coord(coarse.xyz[valid]), t)
+            _, weights = alpha_weights(sigma, coarse.dists * field.distance_scale)
+            z = coarse.z_vals.expand(rays_o.shape[0], -1)
+            end = (z[:, -1:] + (far - near) / n_coarse).clamp(max=far)
+            z_vals = sample_pdf(torch.cat([z, end], -1), weights, n_fine, self.uniform_mix, train, generator)
+            following = torch.cat([z_vals[:, 1:], torch.full_like(z_vals[:, :1], far)], dim=-1)
+        xyz = rays_o[:, None, :] + rays_d[:, None, :] * z_vals[..., None]
+        norm = torch.linalg.norm(rays_d, dim=-1, keepdim=True)
+        return RaySamples(xyz=xyz, z_vals=z_vals, dists=(following - z_vals) * norm, viewdirs=rays_d / norm,
+                          valid=inside_box(xyz, field.aabb))
 
 
 SAMPLERS: dict[str, Callable[..., RaySampler]] = {"dense": DenseSampler, "fast": OccupancySampler}

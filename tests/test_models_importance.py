@@ -1,0 +1,114 @@
+"""Importance sampling of training batches (models/sampling.py sample_pdf, ImportanceSampler; the trainer's use)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_models_occupancy import TINY
+
+from dataloader import load_scene
+from models import FitSettings, Trainer, build_sampler, field_from_args, render_rays
+from models.config import ConfigError, parse_args
+from models.sampling import ImportanceSampler, OccupancySampler, sample_pdf
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_pdf_samples_land_in_the_weighted_bin():
+    edges = torch.linspace(0, 1, 11)[None].expand(3, -1)
+    weights = torch.zeros(3, 10)
+    weights[:, 6] = 1.0
+    z = sample_pdf(edges, weights, 16, uniform_mix=0.0, train=True, generator=torch.Generator().manual_seed(0))
+    assert z.shape == (3, 16)
+    assert ((z >= 0.6 - 1e-6) & (z <= 0.7 + 1e-6)).all()
+    assert (z[:, 1:] >= z[:, :-1]).all()
+
+
+def test_pdf_with_all_mass_spread_evenly_is_stratified():
+    edges = torch.linspace(0.2, 1.0, 9)[None]
+    weights = torch.rand(1, 8)
+    z = sample_pdf(edges, weights, 8, uniform_mix=1.0, train=False)
+    assert torch.allclose(z, 0.2 + 0.8 * (torch.arange(8) + 0.5)[None] / 8, atol=1e-6)
+
+
+class SlabField:
+    """A stand-in field with an opaque slab at NDC z in [0.2, 0.3] (normalized coordinates), empty elsewhere."""
+
+    aabb = torch.tensor([[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]])
+    near_far = (0.0, 1.0)
+    distance_scale = 25.0
+    alphaMask = None
+
+    def normalize_coord(self, xyz):
+        return (xyz - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * 2 - 1
+
+    def density(self, xyz, t):
+        z = (xyz[..., 2] + 1) / 2 * 2.0 - 1.0  # back to box units
+        return torch.where((z > 0.2) & (z < 0.3), 50.0, 0.0)
+
+
+def slab_rays(n=32):
+    g = torch.Generator().manual_seed(1)
+    rays_o = torch.cat([torch.rand(n, 2, generator=g) * 0.5 - 0.25, -torch.ones(n, 1)], dim=-1)
+    rays_d = torch.cat([torch.zeros(n, 2), 2 * torch.ones(n, 1)], dim=-1)  # z = -1 + 2 s: the slab at s in (0.6, 0.65)
+    return rays_o, rays_d
+
+
+def test_fine_samples_concentrate_where_the_weight_is():
+    field, (rays_o, rays_d) = SlabField(), slab_rays()
+    sampler = ImportanceSampler(build_sampler("dense", True), coarse_ratio=0.5, fine_ratio=0.25, uniform_mix=0.1,
+                                min_fine=8)
+    samples = sampler(field, rays_o, rays_d, 128, True, torch.Generator().manual_seed(0), t=0.0)
+    assert samples.z_vals.shape == (32, 32)
+    # the slab's front face lies in the coarse bin ending at s = 0.6 + 1/64; nearly all weight is there
+    near_slab = ((samples.z_vals > 0.58) & (samples.z_vals < 0.67)).float().mean()
+    assert near_slab > 0.85, near_slab
+    assert torch.allclose(samples.dists, torch.cat([samples.z_vals[:, 1:], torch.ones(32, 1)], 1).sub(
+        samples.z_vals) * 2.0)
+    # the composited opacity through the slab is (almost) one, as with the dense samples
+    with torch.no_grad():
+        from models.rendering import alpha_weights
+
+        sigma = field.density(field.normalize_coord(samples.xyz), 0.0)
+        _, weights = alpha_weights(sigma, samples.dists * field.distance_scale)
+    assert (weights.sum(-1) > 0.99).all()
+
+
+def test_renders_keep_the_dense_positions():
+    field, (rays_o, rays_d) = SlabField(), slab_rays(4)
+    dense = build_sampler("dense", True)
+    sampler = ImportanceSampler(dense)
+    a, b = sampler(field, rays_o, rays_d, 64, False), dense(field, rays_o, rays_d, 64, False)
+    assert torch.equal(a.z_vals, b.z_vals) and torch.equal(a.valid, b.valid)
+
+
+def test_bad_ratios_are_refused():
+    with pytest.raises(ValueError, match="coarse_ratio"):
+        ImportanceSampler(build_sampler("dense", True), fine_ratio=0.0)
+
+
+def test_trainer_fits_with_importance_after_the_grid_and_renders_densely(small_scene_dir):
+    scene = load_scene("synthetic", small_scene_dir, ndc=True)
+    args = parse_args(TINY + ["--datadir", str(small_scene_dir), "--n_iters", "4", "--occupancy_warmup", "2"])
+    trainer = Trainer(field_from_args(args, scene), scene, FitSettings.from_args(args), tensorboard=False)
+    first = trainer.ray_sampler()
+    assert isinstance(first, ImportanceSampler) and first.coarse is trainer.dense_sampler
+    trainer.train(progress=False)
+    later = trainer.ray_sampler()
+    assert isinstance(later, ImportanceSampler) and later.coarse is trainer.sampler
+    assert isinstance(trainer.sampler, OccupancySampler)  # renders and evaluation: dense positions, grid skipping
+    off = parse_args(TINY + ["--datadir", str(small_scene_dir), "--importance_fine", "0"])
+    plain = Trainer(field_from_args(off, scene), scene, FitSettings.from_args(off), tensorboard=False)
+    assert plain.ray_sampler() is plain.dense_sampler
+    rays_o, rays_d = slab_rays(4)
+    with torch.no_grad():
+        out = render_rays(trainer.field, later, rays_o, rays_d, 0.5, n_samples=trainer.n_samples, train=True,
+                          generator=torch.Generator().manual_seed(0))
+    assert out["rgb"].shape == (4, 3) and torch.isfinite(out["rgb"]).all()
+
+
+def test_importance_options_are_checked():
+    with pytest.raises(ConfigError, match="importance_fine"):
+        parse_args(["--importance_fine", "1.5"])
+    with pytest.raises(ConfigError, match="importance_coarse"):
+        parse_args(["--importance_coarse", "0"])
