@@ -107,6 +107,10 @@ def check_edit_args(args: argparse.Namespace) -> argparse.Namespace:
     if not args.ckpt and not args.resume:
         raise ConfigError("no NeRF to edit: pass --ckpt log/.../train_{scene}/ckpt-N.th (a stream_train.py "
                           "checkpoint or the release's)")
+    if args.ip2p_fallback_tiny and args.dataset_name != "synthetic":
+        raise ConfigError(f"ip2p_fallback_tiny = 1 with dataset_name = {args.dataset_name}: the tiny random editor is "
+                          "for the built-in synthetic demo only (its edits are meaningless); drop it and pass "
+                          "--ip2p_model with the real InstructPix2Pix weights")
     args.key_cams = list(args.key_cams or [])
     args.ip2p_devices = [d.strip() for d in str(args.ip2p_device).split(",") if d.strip()]
     if not args.ip2p_devices:
