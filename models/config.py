@@ -220,9 +220,9 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key):
             raise ConfigError(f"{key} = {getattr(args, key)}: the released models never use it and it is not "
                               "implemented; set it to 0")
-    for key, low in (("importance_fine", 0.0), ("importance_coarse", 0.0), ("importance_uniform", 0.0)):
+    for key in ("importance_fine", "importance_coarse", "importance_uniform"):
         value = getattr(args, key, None)
-        if value is not None and not low <= value <= 1.0:
+        if value is not None and not 0.0 <= value <= 1.0:
             raise ConfigError(f"{key} = {value}: must be in [0, 1] (a share of the dense sample count)")
     if getattr(args, "importance_fine", 0) and not getattr(args, "importance_coarse", 1):
         raise ConfigError("importance_coarse = 0 with importance_fine > 0: the coarse pass needs samples; set "

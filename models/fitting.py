@@ -160,12 +160,11 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(settings.seed + self.iteration)
         self.sampler = build_sampler(settings.sampling, scene.ndc, **settings.sampler_options())
         self.dense_sampler = build_sampler("dense", scene.ndc)
-        self.importance: dict[int, ImportanceSampler] = {}
+        self.importance: dict | None = None  # ImportanceSampler options, when training batches are resampled
         if isinstance(self.sampler, OccupancySampler) and settings.importance_fine > 0:
             if scene.ndc:
-                options = {"coarse_ratio": settings.importance_coarse, "fine_ratio": settings.importance_fine,
-                           "uniform_mix": settings.importance_uniform, "min_fine": settings.importance_min_fine}
-                self.importance = {id(c): ImportanceSampler(c, **options) for c in (self.sampler, self.dense_sampler)}
+                self.importance = {"coarse_ratio": settings.importance_coarse, "fine_ratio": settings.importance_fine,
+                                   "uniform_mix": settings.importance_uniform, "min_fine": settings.importance_min_fine}
             else:
                 log.info("importance sampling is for NDC scenes only: fitting with the occupancy grid alone")
         self.pixel_sampler: UniformSampler | None = None
@@ -239,7 +238,7 @@ class Trainer:
                 if self.writer is not None:
                     self.writer.add_scalar("train/occupancy", grid.fraction, self.iteration)
             sampler = self.sampler
-        return self.importance.get(id(sampler), sampler)
+        return ImportanceSampler(sampler, **self.importance) if self.importance else sampler
 
     # -- one step --------------------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .sampling import RaySampler
+from .sampling import RaySampler, RaySamples
 
 WEIGHT_EPS = 1e-10
 
@@ -58,6 +58,24 @@ def composite_depth(weights: Tensor, z_vals: Tensor, far_value: Tensor) -> Tenso
     return torch.sum(weights * z_vals, dim=-1) + (1.0 - weights.sum(-1)) * far_value
 
 
+def sample_weights(field, samples: RaySamples, xyz: Tensor, t: float) -> Tensor:
+    """Compositing weights ``[n_rays, n_samples]`` of ``samples`` at time ``t``: density at the valid samples (and
+    inside a release checkpoint's alpha mask), zero elsewhere.
+
+    Args:
+        samples: from a ray sampler; xyz: ``samples.xyz`` box-normalized (:meth:`normalize_coord`).
+    """
+    valid = samples.valid
+    if field.alphaMask is not None:
+        masked = valid.clone()
+        masked[valid] = field.alphaMask.sample_alpha(samples.xyz[valid]) > 0
+        valid = masked
+    # empty selections are fine below (no `.any()` checks: each would wait for the device)
+    sigma = torch.zeros(valid.shape, device=xyz.device, dtype=xyz.dtype)
+    sigma[valid] = field.density(xyz[valid], t)
+    return alpha_weights(sigma, samples.dists * field.distance_scale)[1]
+
+
 def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: float, *, n_samples: int,
                 train: bool = False, white_bg: bool = False,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -77,19 +95,11 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: f
         ``rgb [n_rays, 3]``, ``depth [n_rays]`` (no gradient), ``acc [n_rays]``.
     """
     samples = sampler(field, rays_o, rays_d, n_samples, train, generator, t=t)
-    valid = samples.valid
-    if field.alphaMask is not None:
-        masked = valid.clone()
-        masked[valid] = field.alphaMask.sample_alpha(samples.xyz[valid]) > 0
-        valid = masked
-    # empty selections are fine below (no `.any()` checks: each would wait for the device)
     xyz = field.normalize_coord(samples.xyz)
-    sigma = torch.zeros(valid.shape, device=rays_o.device, dtype=rays_o.dtype)
-    sigma[valid] = field.density(xyz[valid], t)
-    _, weights = alpha_weights(sigma, samples.dists * field.distance_scale)
+    weights = sample_weights(field, samples, xyz, t)
 
     app_mask = weights > field.rayMarch_weight_thres
-    rgb = torch.zeros((*valid.shape, 3), device=rays_o.device, dtype=rays_o.dtype)
+    rgb = torch.zeros((*weights.shape, 3), device=rays_o.device, dtype=rays_o.dtype)
     dirs = samples.viewdirs[:, None, :].expand(xyz.shape)[app_mask]
     points = xyz[app_mask]
     rgb[app_mask] = field.color(points, dirs, field.app_features(points, t)).to(rgb.dtype)

@@ -253,20 +253,14 @@ class ImportanceSampler:
                  generator: torch.Generator | None = None, t: float = 0.0) -> RaySamples:
         if not train or not self.ndc:
             return self.coarse(field, rays_o, rays_d, n_samples, train, generator, t=t)
-        from .rendering import alpha_weights  # rendering imports this module
+        from .rendering import sample_weights  # rendering imports this module
 
         near, far = field.near_far
         n_coarse = max(2, round(n_samples * self.coarse_ratio))
         n_fine = min(n_samples, max(2, self.min_fine, round(n_samples * self.fine_ratio)))
         with torch.no_grad():
             coarse = self.coarse(field, rays_o, rays_d, n_coarse, train, generator, t=t)
-            valid = coarse.valid
-            if field.alphaMask is not None:
-                valid = valid.clone()
-                valid[valid] = field.alphaMask.sample_alpha(coarse.xyz[valid]) > 0
-            sigma = torch.zeros(valid.shape, device=rays_o.device, dtype=rays_o.dtype)
-            sigma[valid] = field.density(field.normalize_coord(coarse.xyz[valid]), t)
-            _, weights = alpha_weights(sigma, coarse.dists * field.distance_scale)
+            weights = sample_weights(field, coarse, field.normalize_coord(coarse.xyz), t)
             z = coarse.z_vals.expand(rays_o.shape[0], -1)
             end = (z[:, -1:] + (far - near) / n_coarse).clamp(max=far)
             z_vals = sample_pdf(torch.cat([z, end], -1), weights, n_fine, self.uniform_mix, train, generator)
