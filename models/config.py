@@ -134,6 +134,8 @@ def build_parser() -> configargparse.ArgumentParser:
     add("--importance_uniform", type=float, default=0.1, help="fast sampling: share of the fine samples' probability "
         "spread evenly along the ray")
     add("--importance_min_fine", type=int, default=32, help="fast sampling: fine samples per ray at least")
+    add("--importance_polish", type=float, default=0.03, help="fast sampling: share of n_iters at the end fitted at "
+        "the dense positions (occupancy grid only), so the model fits the quadrature its renders use")
     add("--frames_per_batch", type=int, default=0, help="frames whose rays share one batch (batch_size / this "
                                                         "rays each); 0: 1 with --sampling dense (the release's one "
                                                         "frame per batch), 4 with fast")
@@ -220,10 +222,11 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key):
             raise ConfigError(f"{key} = {getattr(args, key)}: the released models never use it and it is not "
                               "implemented; set it to 0")
-    for key in ("importance_fine", "importance_coarse", "importance_uniform"):
+    for key in ("importance_fine", "importance_coarse", "importance_uniform", "importance_polish"):
         value = getattr(args, key, None)
         if value is not None and not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{key} = {value}: must be in [0, 1] (a share of the dense sample count)")
+            what = "of n_iters" if key == "importance_polish" else "of the dense sample count"
+            raise ConfigError(f"{key} = {value}: must be in [0, 1] (a share {what})")
     if getattr(args, "importance_fine", 0) and not getattr(args, "importance_coarse", 1):
         raise ConfigError("importance_coarse = 0 with importance_fine > 0: the coarse pass needs samples; set "
                           "importance_coarse (e.g. 0.5) or importance_fine = 0")

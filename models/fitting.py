@@ -74,6 +74,7 @@ class FitSettings:
     importance_fine: float = 0.125
     importance_uniform: float = 0.1
     importance_min_fine: int = 32
+    importance_polish: float = 0.03
     seed: int = 20211202
     chunk: int = 4096
 
@@ -226,7 +227,8 @@ class Trainer:
     def ray_sampler(self) -> RaySampler:
         """The ray sampler of the current iteration: dense during the occupancy warm-up, then the fast one, whose
         grid is rebuilt from the field every ``occupancy_every`` iterations; with ``importance_fine > 0`` (NDC) either
-        is the coarse pass of an :class:`models.sampling.ImportanceSampler`."""
+        is the coarse pass of an :class:`models.sampling.ImportanceSampler`, except in the last ``importance_polish``
+        share of ``n_iters`` (the polish: the model then fits at the dense positions its renders use)."""
         s = self.settings
         if not isinstance(self.sampler, OccupancySampler):
             return self.sampler
@@ -238,7 +240,9 @@ class Trainer:
                 if self.writer is not None:
                     self.writer.add_scalar("train/occupancy", grid.fraction, self.iteration)
             sampler = self.sampler
-        return ImportanceSampler(sampler, **self.importance) if self.importance else sampler
+        polish = round(s.importance_polish * s.n_iters)
+        polishing = polish > 0 and self.iteration >= s.n_iters - polish
+        return ImportanceSampler(sampler, **self.importance) if self.importance and not polishing else sampler
 
     # -- one step --------------------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
@@ -253,15 +257,14 @@ class Trainer:
         batches = [pixel_sampler() for _ in range(s.batch_frames)]
         white_bg = s.white_bkgd or bool(torch.rand(1, generator=self.generator) < 0.5)
         ray_sampler = self.ray_sampler()
-        rgbs, targets = [], []
-        for batch in batches:  # the field is queried at one time per group
-            rays_o, rays_d, _ = scene.rays(batch.frame, batch.cams, batch.ys, batch.xs)
-            targets.append(scene.rgb(batch.frame, batch.cams, batch.ys, batch.xs).to(self.device))
-            out = render_rays(field_, ray_sampler, rays_o.to(self.device), rays_d.to(self.device),
-                              float(scene.times[batch.frame]), n_samples=self.n_samples, train=True,
-                              white_bg=white_bg, generator=self.generator)
-            rgbs.append(out["rgb"])
-        mse = F.mse_loss(torch.cat(rgbs), torch.cat(targets))
+        rays = [scene.rays(b.frame, b.cams, b.ys, b.xs)[:2] for b in batches]
+        target = torch.cat([scene.rgb(b.frame, b.cams, b.ys, b.xs) for b in batches]).to(self.device)
+        times = [float(scene.times[b.frame]) for b in batches]
+        # one render of all frames' rays (grouped by frame in equal blocks: the field is queried frame by frame)
+        out = render_rays(field_, ray_sampler, torch.cat([o for o, _ in rays]).to(self.device),
+                          torch.cat([d for _, d in rays]).to(self.device), times[0] if len(times) == 1 else times,
+                          n_samples=self.n_samples, train=True, white_bg=white_bg, generator=self.generator)
+        mse = F.mse_loss(out["rgb"], target)
         total = mse
         stats = {}
         if s.Ortho_weight > 0:

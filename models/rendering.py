@@ -1,9 +1,13 @@
 """Volume rendering: compositing as pure functions, and renders of ray batches and full images.
 
-A batch (and every full-image render) holds rays of ONE frame: the field is queried at one time ``t``.
+A full-image render holds rays of one frame: the field is queried at one time ``t``. A training batch may hold
+several frames: ``t`` is then a sequence of times, and the rays are grouped by frame in ``len(t)`` equal consecutive
+blocks. Sampling and compositing run over the whole batch; only the field lookups go frame by frame.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -58,8 +62,29 @@ def composite_depth(weights: Tensor, z_vals: Tensor, far_value: Tensor) -> Tenso
     return torch.sum(weights * z_vals, dim=-1) + (1.0 - weights.sum(-1)) * far_value
 
 
-def sample_weights(field, samples: RaySamples, xyz: Tensor, t: float) -> Tensor:
-    """Compositing weights ``[n_rays, n_samples]`` of ``samples`` at time ``t``: density at the valid samples (and
+Times = float | Sequence[float]
+
+
+def per_frame(fn: Callable[[Tensor, float], Tensor], xyz: Tensor, mask: Tensor, t: Times) -> Tensor:
+    """``fn(points, time)`` at the ``mask``-ed samples, in the order of ``xyz[mask]``.
+
+    Args:
+        fn: a field lookup (``field.density``, ``field.app_features``) of ``[N, 3]`` points at one time.
+        xyz: ``[n_rays, n_samples, 3]`` box-normalized samples; mask: ``[n_rays, n_samples]`` bool.
+        t: one time for all rays, or one per frame block of rays (see the module docstring).
+    """
+    if not isinstance(t, Sequence):
+        return fn(xyz[mask], t)
+    n_rays = xyz.shape[0]
+    if n_rays % len(t):
+        raise ValueError(f"{n_rays} rays cannot be split into {len(t)} equal frame blocks")
+    block = n_rays // len(t)
+    return torch.cat([fn(xyz[k * block:(k + 1) * block][mask[k * block:(k + 1) * block]], float(time))
+                      for k, time in enumerate(t)])
+
+
+def sample_weights(field, samples: RaySamples, xyz: Tensor, t: Times) -> Tensor:
+    """Compositing weights ``[n_rays, n_samples]`` of ``samples`` at time(s) ``t``: density at the valid samples (and
     inside a release checkpoint's alpha mask), zero elsewhere.
 
     Args:
@@ -72,20 +97,20 @@ def sample_weights(field, samples: RaySamples, xyz: Tensor, t: float) -> Tensor:
         valid = masked
     # empty selections are fine below (no `.any()` checks: each would wait for the device)
     sigma = torch.zeros(valid.shape, device=xyz.device, dtype=xyz.dtype)
-    sigma[valid] = field.density(xyz[valid], t)
+    sigma[valid] = per_frame(field.density, xyz, valid, t)
     return alpha_weights(sigma, samples.dists * field.distance_scale)[1]
 
 
-def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: float, *, n_samples: int,
+def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: Times, *, n_samples: int,
                 train: bool = False, white_bg: bool = False,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """Render one batch of rays of one frame.
+    """Render one batch of rays of one frame, or of several frames grouped in equal blocks.
 
     Args:
         field: a :class:`models.fields.StreamTensorBase`.
         sampler: places samples along the rays (:mod:`models.sampling`).
         rays_o, rays_d: ``[n_rays, 3]`` rays in the field's space (NDC when the scene uses it).
-        t: time of the frame, in [0, 1].
+        t: time of the frame, in [0, 1]; or one time per frame block of rays.
         n_samples: samples per ray.
         train: jitter the samples.
         white_bg: composite over white.
@@ -102,7 +127,7 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: f
     rgb = torch.zeros((*weights.shape, 3), device=rays_o.device, dtype=rays_o.dtype)
     dirs = samples.viewdirs[:, None, :].expand(xyz.shape)[app_mask]
     points = xyz[app_mask]
-    rgb[app_mask] = field.color(points, dirs, field.app_features(points, t)).to(rgb.dtype)
+    rgb[app_mask] = field.color(points, dirs, per_frame(field.app_features, xyz, app_mask, t)).to(rgb.dtype)
 
     far_value = rays_d[:, 2] if getattr(sampler, "ndc", True) else samples.viewdirs[:, 2]
     with torch.no_grad():

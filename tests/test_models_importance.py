@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_models_occupancy import TINY
+from test_models_occupancy import TINY, rays, tiny
 
 from dataloader import load_scene
 from models import FitSettings, Trainer, build_sampler, field_from_args, render_rays
@@ -89,7 +89,8 @@ def test_bad_ratios_are_refused():
 
 def test_trainer_fits_with_importance_after_the_grid_and_renders_densely(small_scene_dir):
     scene = load_scene("synthetic", small_scene_dir, ndc=True)
-    args = parse_args(TINY + ["--datadir", str(small_scene_dir), "--n_iters", "4", "--occupancy_warmup", "2"])
+    args = parse_args(TINY + ["--datadir", str(small_scene_dir), "--n_iters", "4", "--occupancy_warmup", "2",
+                              "--importance_polish", "0"])
     trainer = Trainer(field_from_args(args, scene), scene, FitSettings.from_args(args), tensorboard=False)
     first = trainer.ray_sampler()
     assert isinstance(first, ImportanceSampler) and first.coarse is trainer.dense_sampler
@@ -112,3 +113,34 @@ def test_importance_options_are_checked():
         parse_args(["--importance_fine", "1.5"])
     with pytest.raises(ConfigError, match="importance_coarse"):
         parse_args(["--importance_coarse", "0"])
+
+
+def test_one_render_of_several_frames_equals_a_render_per_frame():
+    field = tiny()
+    rays_o, rays_d = rays(24)
+    dense = build_sampler("dense", True)
+    times = [0.0, 0.4, 1.0]
+    together = render_rays(field, dense, rays_o, rays_d, times, n_samples=48)
+    apart = [render_rays(field, dense, rays_o[8 * k:8 * (k + 1)], rays_d[8 * k:8 * (k + 1)], t, n_samples=48)
+             for k, t in enumerate(times)]
+    for key in ("rgb", "depth", "acc"):
+        assert torch.allclose(together[key], torch.cat([a[key] for a in apart]), atol=1e-6), key
+    # the frames differ (else the check above would not see a frame mix-up)
+    assert not torch.allclose(apart[0]["rgb"], render_rays(field, dense, rays_o[:8], rays_d[:8], 1.0,
+                                                           n_samples=48)["rgb"], atol=1e-4)
+    with pytest.raises(ValueError, match="equal frame blocks"):
+        render_rays(field, dense, rays_o[:10], rays_d[:10], times, n_samples=48)
+
+
+def test_the_last_iterations_polish_at_the_dense_positions(small_scene_dir):
+    scene = load_scene("synthetic", small_scene_dir, ndc=True)
+    args = parse_args(TINY + ["--datadir", str(small_scene_dir), "--n_iters", "10", "--occupancy_warmup", "2",
+                              "--importance_polish", "0.2"])
+    trainer = Trainer(field_from_args(args, scene), scene, FitSettings.from_args(args), tensorboard=False)
+    kinds = []
+    for _ in range(10):
+        kinds.append(type(trainer.ray_sampler()))
+        trainer.step()
+    assert kinds == [ImportanceSampler] * 8 + [OccupancySampler] * 2
+    with pytest.raises(ConfigError, match="importance_polish"):
+        parse_args(["--importance_polish", "2"])
