@@ -127,13 +127,13 @@ def build_parser() -> configargparse.ArgumentParser:
                                                         "cells")
     add("--occupancy_min_transmittance", type=float, default=1e-4, help="fast sampling: also skip samples behind "
         "matter opaque at every time, once the transmittance is surely below this; 0: off")
-    add("--importance_fine", type=float, default=0.125, help="fast sampling, NDC: fit each batch at this share of the "
+    add("--importance_fine", type=float, default=0.05, help="fast sampling, NDC: fit each batch at this share of the "
         "dense sample count, drawn where a coarse pass puts the weight (0: fit at the dense positions)")
-    add("--importance_coarse", type=float, default=0.5, help="fast sampling: share of the dense sample count of the "
+    add("--importance_coarse", type=float, default=0.25, help="fast sampling: share of the dense sample count of the "
         "coarse pass (density only, no gradients)")
-    add("--importance_uniform", type=float, default=0.1, help="fast sampling: share of the fine samples' probability "
+    add("--importance_uniform", type=float, default=0.3, help="fast sampling: share of the fine samples' probability "
         "spread evenly along the ray")
-    add("--importance_min_fine", type=int, default=32, help="fast sampling: fine samples per ray at least")
+    add("--importance_min_fine", type=int, default=16, help="fast sampling: fine samples per ray at least")
     add("--importance_polish", type=float, default=0.03, help="fast sampling: share of n_iters at the end fitted at "
         "the dense positions (occupancy grid only), so the model fits the quadrature its renders use")
     add("--frames_per_batch", type=int, default=0, help="frames whose rays share one batch (batch_size / this "

@@ -70,10 +70,10 @@ class FitSettings:
     occupancy_cells: int = 256
     occupancy_dilate: int = 0
     occupancy_min_transmittance: float = 1e-4
-    importance_coarse: float = 0.5
-    importance_fine: float = 0.125
-    importance_uniform: float = 0.1
-    importance_min_fine: int = 32
+    importance_coarse: float = 0.25
+    importance_fine: float = 0.05
+    importance_uniform: float = 0.3
+    importance_min_fine: int = 16
     importance_polish: float = 0.03
     seed: int = 20211202
     chunk: int = 4096

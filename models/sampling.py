@@ -239,8 +239,8 @@ class ImportanceSampler:
         min_fine: fine samples at least (short rays lose quality with too few).
     """
 
-    def __init__(self, coarse: RaySampler, *, coarse_ratio: float = 0.5, fine_ratio: float = 0.125,
-                 uniform_mix: float = 0.1, min_fine: int = 32):
+    def __init__(self, coarse: RaySampler, *, coarse_ratio: float = 0.25, fine_ratio: float = 0.05,
+                 uniform_mix: float = 0.3, min_fine: int = 16):
         if not (0 < coarse_ratio <= 1 and 0 < fine_ratio <= 1 and 0 <= uniform_mix <= 1):
             raise ValueError(f"importance sampling needs 0 < coarse_ratio, fine_ratio <= 1 and uniform_mix in [0, 1] "
                              f"(got {coarse_ratio}, {fine_ratio}, {uniform_mix})")
