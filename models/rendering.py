@@ -79,8 +79,7 @@ def per_frame(fn: Callable[[Tensor, float], Tensor], xyz: Tensor, mask: Tensor, 
     if n_rays % len(t):
         raise ValueError(f"{n_rays} rays cannot be split into {len(t)} equal frame blocks")
     block = n_rays // len(t)
-    return torch.cat([fn(xyz[k * block:(k + 1) * block][mask[k * block:(k + 1) * block]], float(time))
-                      for k, time in enumerate(t)])
+    return torch.cat([fn(x[m], float(time)) for x, m, time in zip(xyz.split(block), mask.split(block), t)])
 
 
 def sample_weights(field, samples: RaySamples, xyz: Tensor, t: Times) -> Tensor:
