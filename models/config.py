@@ -229,7 +229,7 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
             raise ConfigError(f"{key} = {value}: must be in [0, 1] (a share {what})")
     if getattr(args, "importance_fine", 0) and not getattr(args, "importance_coarse", 1):
         raise ConfigError("importance_coarse = 0 with importance_fine > 0: the coarse pass needs samples; set "
-                          "importance_coarse (e.g. 0.5) or importance_fine = 0")
+                          "importance_coarse (e.g. 0.25) or importance_fine = 0")
     if args.cfg_options:
         raise ConfigError("--cfg_options (mmcv overrides) is not supported: pass the options directly, "
                           "e.g. --n_iters 1000")
