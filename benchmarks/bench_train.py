@@ -6,8 +6,9 @@ For every scene (``default``: the synthetic demo scene, 6 cameras x 12 frames x 
 the release's 64^3 -> 128^3 grid and half-voxel step, 221 -> 443 samples per ray) and every sampling mode, fits the
 demo config (``configs/synthetic/train_demo.txt``, its schedules and batch) from the same seed and prints:
 - seconds per iteration over the whole fit (demo batch) and at batch 4096 from the fitted model;
-- test PSNR (camera 0, ``--eval_frames`` frames) every ``--eval_every`` iterations against fitting wall time
-  (evaluation time excluded), plotted to ``{out}/psnr_vs_time_{scene}.png``;
+- test PSNR (camera 0, ``--eval_frames`` frames) every ``--eval_every`` iterations (``--eval_tail`` times as often
+  over the last ``--eval_every``) against fitting wall time (evaluation time excluded), plotted to
+  ``{out}/psnr_vs_time_{scene}.png``;
 - the wall time each mode needs to reach the test PSNR dense mode reaches at its final iteration;
 - PSNR between the fast and dense renders of the same fitted model (how closely fast mode matches dense);
 - full-image render time and peak RSS.
@@ -100,8 +101,15 @@ def fit_curve(scene, scene_dir: Path, mode: str, args, name: str) -> dict:
     step = max(scene.num_frames // args.eval_frames, 1)
     frames = list(range(0, scene.num_frames, step))[: args.eval_frames]
     curve, seconds = [(0, 0.0, test_psnr(trainer, frames))], 0.0
-    while trainer.iteration < args.n_iters:
-        n = min(args.eval_every, args.n_iters - trainer.iteration)
+    # every eval_every iterations, and eval_tail times as often over the last eval_every (where a fast mode's curve
+    # crosses dense's final PSNR, so that the time to reach it is not an interpolation over a long interval)
+    tail_start = max(0, args.n_iters - args.eval_every)
+    marks = sorted({*range(args.eval_every, args.n_iters, args.eval_every), args.n_iters,
+                    *range(tail_start, args.n_iters, max(1, args.eval_every // max(1, args.eval_tail)))} - {0})
+    for mark in marks:
+        n = mark - trainer.iteration
+        if n <= 0:
+            continue
         synchronize(trainer.device)
         start = time.perf_counter()
         for _ in range(n):
@@ -219,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "synthetic" / "train_demo.txt"))
     parser.add_argument("--n_iters", type=int, default=1500, help="fitting iterations per mode")
     parser.add_argument("--eval_every", type=int, default=150, help="test evaluation period in iterations")
+    parser.add_argument("--eval_tail", type=int, default=5, help="evaluations per eval_every over the last eval_every "
+                                                                  "iterations")
     parser.add_argument("--eval_frames", type=int, default=4, help="test frames per evaluation")
     parser.add_argument("--speed_iters", type=int, default=5, help="timed iterations at batch 4096")
     parser.add_argument("--device", default="cpu")

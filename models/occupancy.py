@@ -83,7 +83,12 @@ class OccupancyGrid:
         self.aabb = aabb.to(occupied.device)
         self.node_reso = [int(v) for v in node_reso]
         self.factor = [int(v) for v in factor]
-        self._reso = torch.tensor(self.node_reso, device=occupied.device, dtype=torch.float32)
+        reso = torch.tensor(self.node_reso, device=occupied.device, dtype=torch.float32)
+        # box space -> field-grid units: units = xyz * scale + offset (one fused pass in cell_index)
+        self._scale = (reso - 1) / (self.aabb[1] - self.aabb[0]).float()
+        self._offset = -self.aabb[0].float() * self._scale
+        self._top = (reso - 2).long().clamp(min=0)
+        self._zero = torch.zeros_like(self._top)
         self._factor = torch.tensor(self.factor, device=occupied.device, dtype=torch.long)
         self._strides = torch.tensor([1, occupied.shape[2], occupied.shape[1] * occupied.shape[2]],
                                      device=occupied.device, dtype=torch.long)
@@ -96,14 +101,15 @@ class OccupancyGrid:
     def cell_index(self, xyz: Tensor) -> Tensor:
         """Flat cell index (into ``occupied.view(-1)``) of box-space points ``[..., 3]``; points outside are
         clamped to the nearest cell."""
-        units = (xyz - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * (self._reso - 1)
-        cell = units.floor().long().clamp_(min=0)
-        cell = torch.minimum(cell, (self._reso - 2).long().clamp(min=0)) // self._factor
+        # truncation is the floor for the units >= 0 the clamp keeps (negative ones end at cell 0 either way)
+        cell = torch.addcmul(self._offset, xyz.float(), self._scale).long().clamp_(min=self._zero, max=self._top)
+        if self.factor != [1, 1, 1]:
+            cell = cell // self._factor
         return (cell * self._strides).sum(-1)
 
     def lookup(self, xyz: Tensor) -> Tensor:
         """Occupancy of box-space points ``[..., 3]`` -> bool ``[...]``."""
-        return self.occupied.view(-1)[self.cell_index(xyz)]
+        return torch.take(self.occupied, self.cell_index(xyz))
 
     def visible(self, cells: Tensor, valid: Tensor, dists: Tensor, min_transmittance: float) -> Tensor:
         """Samples whose transmittance may still exceed ``min_transmittance`` (an upper bound from ``floor``).
@@ -120,8 +126,8 @@ class OccupancyGrid:
         Returns:
             bool ``[n_rays, n_samples]``.
         """
-        depth = torch.where(valid, self.floor.view(-1)[cells], 0.0) * dists
-        before = torch.cumsum(depth, dim=-1) - depth  # optical depth in front of each sample
+        depth = (torch.take(self.floor, cells) * dists).masked_fill_(~valid, 0.0)
+        before = torch.cumsum(depth, dim=-1).sub_(depth)  # optical depth in front of each sample
         return before < -math.log(min_transmittance)
 
     @classmethod

@@ -12,18 +12,42 @@ PLANE_TV_SCALE = 1e-2
 LINE_TV_SCALE = 1e-3
 
 
+class _TotalVariation(torch.autograd.Function):
+    """TV value and gradient in one pass over the neighbour differences (autograd through slices costs about four
+    times as much: a full-size zero tensor and a copy per slice in the backward)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        _, _, h, w = x.shape
+        grad = torch.zeros_like(x)
+        total = x.new_zeros(())
+        for axis, size in ((2, h), (3, w)):
+            if size < 2:
+                continue
+            diff = x.narrow(axis, 1, size - 1) - x.narrow(axis, 0, size - 1)
+            scale = 2.0 / diff.numel()
+            flat = diff.reshape(-1)
+            total = total + scale * torch.dot(flat, flat)
+            diff.mul_(2.0 * scale)
+            grad.narrow(axis, 1, size - 1).add_(diff)
+            grad.narrow(axis, 0, size - 1).sub_(diff)
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> Tensor:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output
+
+
 def total_variation(x: Tensor) -> Tensor:
     """Mean squared difference between neighbours along H and W of ``x [B, C, H, W]``, ``2 * (h + w) / B``.
 
     An axis of size 1 (the W axis of a line factor) contributes 0; the release's formula divides 0 by 0 there.
     """
-    batch, _, h, w = x.shape
-    total = x.new_zeros(())
-    if h > 1:
-        total = total + (x[:, :, 1:, :] - x[:, :, :-1, :]).pow(2).sum() / x[:, :, 1:, :].numel() * batch
-    if w > 1:
-        total = total + (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).sum() / x[:, :, :, 1:].numel() * batch
-    return 2.0 * total / batch
+    if x.dim() != 4:
+        raise ValueError(f"total_variation expects a [B, C, H, W] factor, got shape {tuple(x.shape)}")
+    return _TotalVariation.apply(x)
 
 
 def tv_loss(field, kind: str) -> Tensor:

@@ -178,7 +178,7 @@ class OccupancySampler:
         samples = self.dense(field, rays_o, rays_d, n_samples, train, generator)
         grid = self.grid_for(field)
         cells = grid.cell_index(samples.xyz)
-        valid = samples.valid & grid.occupied.view(-1)[cells]
+        valid = samples.valid & torch.take(grid.occupied, cells)
         if self.min_transmittance > 0:
             dists = samples.dists.expand(valid.shape) * field.distance_scale
             valid = valid & grid.visible(cells, samples.valid, dists, self.min_transmittance)

@@ -92,6 +92,30 @@ def test_regularizers_by_hand():
     assert tv_loss(cp, "density").item() > 0 and orthogonality(cp).item() > 0
 
 
+def test_total_variation_gradient_matches_autograd_of_the_formula():
+    def reference(x):  # the formula, differentiated by autograd
+        batch, _, h, w = x.shape
+        total = x.new_zeros(())
+        if h > 1:
+            total = total + (x[:, :, 1:] - x[:, :, :-1]).pow(2).sum() / x[:, :, 1:].numel() * batch
+        if w > 1:
+            total = total + (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).sum() / x[:, :, :, 1:].numel() * batch
+        return 2.0 * total / batch
+
+    for shape in [(1, 3, 5, 4), (2, 2, 6, 1), (1, 1, 1, 7)]:
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+        torch.autograd.gradcheck(total_variation, (x,))
+        value = total_variation(x) * 3.0
+        value.backward()
+        fused_grad = x.grad.clone()
+        x.grad = None
+        (reference(x) * 3.0).backward()
+        assert value.item() == pytest.approx(reference(x).item() * 3.0)
+        assert torch.allclose(fused_grad, x.grad)
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        total_variation(torch.zeros(3, 4))
+
+
 def test_render_rays_shapes_and_gradients():
     field = tiny()
     sampler = build_sampler("dense", ndc=True)
