@@ -136,6 +136,9 @@ def build_parser() -> configargparse.ArgumentParser:
     add("--importance_min_fine", type=int, default=16, help="fast sampling: fine samples per ray at least")
     add("--importance_polish", type=float, default=0.03, help="fast sampling: share of n_iters at the end fitted at "
         "the dense positions (occupancy grid only), so the model fits the quadrature its renders use")
+    add("--importance_volumes_mib", type=float, default=512, help="fast sampling: memory for the coarse pass's "
+        "per-frame density volumes at the grid nodes (exact, rebuilt every occupancy_every iterations); when one "
+        "volume per frame does not fit, the coarse pass evaluates the field; 0: off")
     add("--frames_per_batch", type=int, default=0, help="frames whose rays share one batch (batch_size / this "
                                                         "rays each); 0: 1 with --sampling dense (the release's one "
                                                         "frame per batch), 4 with fast")
@@ -227,6 +230,9 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         if value is not None and not 0.0 <= value <= 1.0:
             what = "of n_iters" if key == "importance_polish" else "of the dense sample count"
             raise ConfigError(f"{key} = {value}: must be in [0, 1] (a share {what})")
+    if getattr(args, "importance_volumes_mib", 0) < 0:
+        raise ConfigError(f"importance_volumes_mib = {args.importance_volumes_mib}: must be >= 0 (MiB; 0 turns the "
+                          "volumes off)")
     if getattr(args, "importance_fine", 0) and not getattr(args, "importance_coarse", 1):
         raise ConfigError("importance_coarse = 0 with importance_fine > 0: the coarse pass needs samples; set "
                           "importance_coarse (e.g. 0.25) or importance_fine = 0")

@@ -29,7 +29,7 @@ from .regularizers import density_l1, orthogonality, tv_loss
 from .rendering import render_image, render_rays
 from .renders import write_image
 from .samplers import MotionSampler, UniformSampler
-from .sampling import ImportanceSampler, OccupancySampler, RaySampler, build_sampler
+from .sampling import FeatureVolumes, ImportanceSampler, OccupancySampler, RaySampler, build_sampler
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class FitSettings:
     importance_uniform: float = 0.3
     importance_min_fine: int = 16
     importance_polish: float = 0.03
+    importance_volumes_mib: float = 512
     seed: int = 20211202
     chunk: int = 4096
 
@@ -162,10 +163,13 @@ class Trainer:
         self.sampler = build_sampler(settings.sampling, scene.ndc, **settings.sampler_options())
         self.dense_sampler = build_sampler("dense", scene.ndc)
         self.importance: dict | None = None  # ImportanceSampler options, when training batches are resampled
+        self.volumes: FeatureVolumes | None = None  # the coarse pass's node feature volumes, rebuilt periodically
         if isinstance(self.sampler, OccupancySampler) and settings.importance_fine > 0:
             if scene.ndc:
+                self.volumes = FeatureVolumes(scene.num_frames, settings.importance_volumes_mib)
                 self.importance = {"coarse_ratio": settings.importance_coarse, "fine_ratio": settings.importance_fine,
-                                   "uniform_mix": settings.importance_uniform, "min_fine": settings.importance_min_fine}
+                                   "uniform_mix": settings.importance_uniform, "min_fine": settings.importance_min_fine,
+                                   "volumes": self.volumes}
             else:
                 log.info("importance sampling is for NDC scenes only: fitting with the occupancy grid alone")
         self.pixel_sampler: UniformSampler | None = None
@@ -234,6 +238,8 @@ class Trainer:
         s = self.settings
         if not isinstance(self.sampler, OccupancySampler):
             return self.sampler
+        if self.volumes is not None and self.iteration % max(1, s.occupancy_every) == 0:
+            self.volumes.clear()
         if self.iteration < s.occupancy_warmup:
             sampler = self.dense_sampler
         else:

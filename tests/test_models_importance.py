@@ -9,7 +9,7 @@ from test_models_occupancy import TINY, rays, tiny
 from dataloader import load_scene
 from models import FitSettings, Trainer, build_sampler, field_from_args, render_rays
 from models.config import ConfigError, parse_args
-from models.sampling import ImportanceSampler, OccupancySampler, sample_pdf
+from models.sampling import FeatureVolumes, ImportanceSampler, OccupancySampler, sample_pdf
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,3 +144,67 @@ def test_the_last_iterations_polish_at_the_dense_positions(small_scene_dir):
     assert kinds == [ImportanceSampler] * 8 + [OccupancySampler] * 2
     with pytest.raises(ConfigError, match="importance_polish"):
         parse_args(["--importance_polish", "2"])
+
+
+@pytest.mark.parametrize("model_name", ["StreamTensorVMSplit", "StreamTensorCP"])
+def test_feature_volumes_give_the_fields_density_feature(model_name):
+    field = tiny(model_name)
+    volumes = FeatureVolumes(7, budget_mib=16)
+    assert volumes.usable(field)
+    xyz = torch.rand(6, 11, 3, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    for t in (0.0, 0.4, 1.0):  # a frame, a time between frames, the last frame
+        expected = field.density_feature(xyz.reshape(-1, 3), t).view(6, 11)
+        assert torch.allclose(volumes.feature(field, xyz, t), expected, atol=1e-5), t
+    # one time per block of rays, as in a batch of several frames
+    together = volumes.feature(field, xyz, [0.0, 0.4, 1.0])
+    assert torch.allclose(together[2:4], volumes.feature(field, xyz[2:4], 0.4))
+    with pytest.raises(ValueError, match="equal frame blocks"):
+        volumes.feature(field, xyz[:5], [0.0, 1.0])
+
+
+def test_volumes_are_rebuilt_when_cleared_or_the_grid_changes():
+    field = tiny()
+    volumes = FeatureVolumes(7, budget_mib=16)
+    before = volumes.volume(field, 0.5)
+    with torch.no_grad():
+        field.density_plane[0].add_(1.0)
+    assert volumes.volume(field, 0.5) is before  # kept until cleared: the trainer clears them periodically
+    volumes.clear()
+    assert not torch.equal(volumes.volume(field, 0.5), before)
+    field.upsample([10, 11, 7])
+    assert volumes.volume(field, 0.5).shape == (1, 1, 7, 11, 10)
+    assert not FeatureVolumes(7, budget_mib=0.001).usable(field) and not FeatureVolumes(7, 0).usable(field)
+
+
+def test_coarse_pass_from_volumes_places_the_fine_samples_like_the_field():
+    field = tiny()
+    rays_o, rays_d = rays(24)
+    options = {"coarse_ratio": 0.5, "fine_ratio": 0.25, "uniform_mix": 0.2, "min_fine": 8}
+    plain = ImportanceSampler(build_sampler("dense", True), **options)
+    fast = ImportanceSampler(build_sampler("fast", True), **options, volumes=FeatureVolumes(7, budget_mib=16))
+    small = ImportanceSampler(build_sampler("dense", True), **options, volumes=FeatureVolumes(7, budget_mib=1e-4))
+    times = [0.0, 0.4, 1.0]
+    with torch.no_grad():
+        a, b, c = (s(field, rays_o, rays_d, 40, True, torch.Generator().manual_seed(5), t=times)
+                   for s in (plain, fast, small))
+    assert a.z_vals.shape == (24, 10)
+    assert torch.allclose(a.z_vals, b.z_vals, atol=1e-4)  # the volumes hold the field's density
+    assert torch.equal(a.z_vals, c.z_vals)  # over budget: the field itself is evaluated
+
+
+def test_trainer_clears_the_volumes_every_occupancy_period(small_scene_dir):
+    scene = load_scene("synthetic", small_scene_dir, ndc=True)
+    args = parse_args(TINY + ["--datadir", str(small_scene_dir), "--n_iters", "8", "--occupancy_warmup", "2",
+                              "--occupancy_every", "3", "--importance_polish", "0"])
+    trainer = Trainer(field_from_args(args, scene), scene, FitSettings.from_args(args), tensorboard=False)
+    assert trainer.ray_sampler().volumes is trainer.volumes and trainer.volumes.usable(trainer.field)
+    held = []
+    for _ in range(7):
+        trainer.step()
+        held.append(len(trainer.volumes._volumes))
+    assert all(n > 0 for n in held)
+    trainer.iteration = 9
+    trainer.ray_sampler()
+    assert len(trainer.volumes._volumes) == 0
+    with pytest.raises(ConfigError, match="importance_volumes_mib"):
+        parse_args(["--importance_volumes_mib", "-1"])
