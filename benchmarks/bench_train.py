@@ -13,7 +13,7 @@ demo config (``configs/synthetic/train_demo.txt``, its schedules and batch) from
 - PSNR between the fast and dense renders of the same fitted model (how closely fast mode matches dense);
 - full-image render time and peak RSS.
 
-    python benchmarks/bench_train.py --compare dense,fast                 # CPU, 1 thread, both scenes (~35 min)
+    python benchmarks/bench_train.py --compare dense,fast                 # CPU, 1 thread, both scenes (~40 min)
     python benchmarks/bench_train.py --compare dense,fast --scenes default --n_iters 600
     python benchmarks/bench_train.py --compare dense,fast --device cuda:0 --threads 4
 """
