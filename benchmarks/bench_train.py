@@ -108,8 +108,6 @@ def fit_curve(scene, scene_dir: Path, mode: str, args, name: str) -> dict:
                     *range(tail_start, args.n_iters, max(1, args.eval_every // max(1, args.eval_tail)))} - {0})
     for mark in marks:
         n = mark - trainer.iteration
-        if n <= 0:
-            continue
         synchronize(trainer.device)
         start = time.perf_counter()
         for _ in range(n):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .sampling import RaySampler, RaySamples
+from .sampling import RaySampler, RaySamples, frame_blocks
 
 WEIGHT_EPS = 1e-10
 
@@ -75,11 +75,8 @@ def per_frame(fn: Callable[[Tensor, float], Tensor], xyz: Tensor, mask: Tensor, 
     """
     if not isinstance(t, Sequence):
         return fn(xyz[mask], t)
-    n_rays = xyz.shape[0]
-    if n_rays % len(t):
-        raise ValueError(f"{n_rays} rays cannot be split into {len(t)} equal frame blocks")
-    block = n_rays // len(t)
-    return torch.cat([fn(x[m], float(time)) for x, m, time in zip(xyz.split(block), mask.split(block), t)])
+    size, times = frame_blocks(xyz.shape[0], t)
+    return torch.cat([fn(x[m], time) for x, m, time in zip(xyz.split(size), mask.split(size), times)])
 
 
 def sample_weights(field, samples: RaySamples, xyz: Tensor, t: Times) -> Tensor:

@@ -220,6 +220,14 @@ def sample_pdf(edges: Tensor, weights: Tensor, n_samples: int, uniform_mix: floa
     return (edge_lo + share.clamp(0, 1) * (edge_hi - edge_lo)).sort(dim=-1).values
 
 
+def frame_blocks(n_rays: int, t: float | Sequence[float]) -> tuple[int, list[float]]:
+    """``(rays per block, times)`` of a batch at time ``t``, or at one time per equal consecutive block of rays."""
+    times = [float(v) for v in t] if isinstance(t, Sequence) else [float(t)]
+    if n_rays % len(times):
+        raise ValueError(f"{n_rays} rays cannot be split into {len(times)} equal frame blocks")
+    return n_rays // len(times), times
+
+
 class FeatureVolumes:
     """The field's density feature at its grid nodes, one volume per time, for the coarse pass of
     :class:`ImportanceSampler`.
@@ -268,11 +276,9 @@ class FeatureVolumes:
         """Density feature ``[n_rays, n_samples]`` at box-normalized points ``xyz [n_rays, n_samples, 3]`` (``[-1, 1]``
         in the box) at time ``t``, or at one time per equal block of rays (as in :func:`models.rendering.render_rays`).
         """
-        times = list(t) if isinstance(t, Sequence) else [t]
-        if xyz.shape[0] % len(times):
-            raise ValueError(f"{xyz.shape[0]} rays cannot be split into {len(times)} equal frame blocks")
+        size, times = frame_blocks(xyz.shape[0], t)
         values = []
-        for block, time in zip(xyz.split(xyz.shape[0] // len(times)), times):
+        for block, time in zip(xyz.split(size), times):
             grid = block.reshape(1, -1, 1, 1, 3).to(torch.float32)
             values.append(F.grid_sample(self.volume(field, time), grid, align_corners=True).view(block.shape[:-1]))
         return torch.cat(values).to(xyz.dtype)
