@@ -17,16 +17,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from dataloader import SceneError
+from common.errors import UserError
 from editing.options import parse_edit_args
 from editing.run import EditRun
-from editing.state import ResumeError
-from ip2p_models.loading import IP2PWeightsError
-from models import ModelError
-from models.checkpoint import CheckpointError
-from models.config import ConfigError
-from models.fields import FieldError
-from models.streaming import StreamingError
 
 log = logging.getLogger("stream_edit")
 
@@ -36,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_edit_args(argv)
         return EditRun(args).run()
-    except (ConfigError, SceneError, CheckpointError, ModelError, FieldError, StreamingError, ResumeError,
-            IP2PWeightsError) as err:
+    except UserError as err:
         log.error("%s", err)
         return 2
 

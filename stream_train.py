@@ -19,14 +19,12 @@ from pathlib import Path
 
 import torch
 
-from dataloader import SceneError, load_scene
-from models import FitSettings, ModelError, Trainer, build_sampler, field_from_args, load_checkpoint
-from models.checkpoint import CheckpointError, iteration_from_name
+from common.errors import UserError
+from dataloader import load_scene
+from models import FitSettings, Trainer, build_sampler, field_from_args, load_checkpoint
+from models.checkpoint import check_matches_config, iteration_from_name, latest_checkpoint
 from models.config import ConfigError, parse_args, write_config
-from models.fields import FieldError
 from models.renders import render_path_views, render_test_views
-from models.shading import ShadingError
-from models.streaming import StreamingError
 
 log = logging.getLogger("stream_train")
 
@@ -39,6 +37,18 @@ def run_directory(args) -> Path:
     if args.add_timestamp:
         name += datetime.datetime.now().strftime("-%Y%m%d-%H%M%S")
     return Path(args.basedir) / name
+
+
+def keep_previous_config(path: Path) -> Path | None:
+    """Rename an existing ``config.txt`` (a resumed run's) to ``config-{n}.txt`` so each run's options are kept."""
+    if not path.exists():
+        return None
+    n = 1
+    while path.with_name(f"{path.stem}-{n}{path.suffix}").exists():
+        n += 1
+    kept = path.rename(path.with_name(f"{path.stem}-{n}{path.suffix}"))
+    log.info("the previous run's %s is kept as %s", path.name, kept.name)
+    return kept
 
 
 def load_scene_from_args(args):
@@ -79,10 +89,17 @@ def main(argv: list[str] | None = None) -> int:
             render_outputs(field, scene, args, run_dir)
             return 0
 
+        existing = sorted(run_dir.glob("ckpt-*.th"))
+        if existing and not args.ckpt:
+            latest = latest_checkpoint(run_dir)
+            raise ConfigError(f"{run_dir} already holds a fitted NeRF ({', '.join(p.name for p in existing)}); "
+                              f"nothing was changed. Resume it with --ckpt {latest}, render it with --render_only 1 "
+                              f"--ckpt {latest}, or start a new run with another --expname (or --add_timestamp 1)")
         run_dir.mkdir(parents=True, exist_ok=True)
         start, optimizer_state = 0, None
         if args.ckpt:
             field, ckpt = load_checkpoint(args.ckpt, device=args.device, model_name=args.model_name, config=config)
+            check_matches_config(field, field_from_args(args, scene), args.ckpt)
             saved = ckpt.get("instruct4d", {}).get("iteration")
             saved = iteration_from_name(args.ckpt) if saved is None else saved
             start = 0 if saved is None else saved + 1
@@ -93,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         if field.num_frames != scene.num_frames:
             raise ConfigError(f"the model has {field.num_frames} frames but the scene loads {scene.num_frames}: "
                               "set num_frames / frame_list as in the training run")
+        keep_previous_config(run_dir / "config.txt")
         write_config(args, run_dir / "config.txt")
         log.info("run directory %s", run_dir)
 
@@ -107,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.save()
         render_outputs(trainer.field, scene, args, run_dir)
         return 0
-    except (ConfigError, SceneError, CheckpointError, ModelError, FieldError, ShadingError, StreamingError) as err:
+    except UserError as err:
         log.error("%s", err)
         return 2
 

@@ -35,9 +35,9 @@ from editing.run import EditRun  # noqa: E402
 from editing.toy_editors import ColourShiftEditor  # noqa: E402
 from editing.worker import peak_rss_mib  # noqa: E402
 from ip2p_models.depth_warp import View, depth_warp  # noqa: E402
+from ip2p_models.tiny import build_tiny_ip2p  # noqa: E402
 from ip2p_models.warp import warp_by_flow  # noqa: E402
 from tools.make_synthetic_scene import make_synthetic_scene  # noqa: E402
-from tools.make_tiny_ip2p import build_tiny_ip2p  # noqa: E402
 
 
 def ground_truth(scene_dir: Path) -> dict:

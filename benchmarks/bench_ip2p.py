@@ -71,7 +71,7 @@ def build_editor(args: argparse.Namespace):
     if args.ip2p_model:
         return load_ip2p(args.ip2p_model, device=args.device, full_precision=args.full_precision,
                          attention_slicing=args.attention_slicing)
-    from tools.make_tiny_ip2p import tiny_ip2p_pipeline
+    from ip2p_models.tiny import tiny_ip2p_pipeline
 
     device = check_device(args.device)
     pipe = tiny_ip2p_pipeline(seed=0, full_size=args.arch == "sd15").to(device)

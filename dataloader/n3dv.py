@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import torch
 
+from common.errors import UserError
+
 from . import cameras
 from .scene import NDC_SCENE_BOX, Scene
 from .video import VideoError, extract_frames, read_image, write_image
@@ -27,7 +29,7 @@ SCALE_FACTOR = 1.8 * 0.6
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class SceneError(ValueError):
+class SceneError(UserError, ValueError):
     """A scene folder or a loading option is wrong; the message says which and how to fix it."""
 
 
@@ -37,7 +39,8 @@ def find_cameras(datadir: Path) -> list[str]:
     if videos:
         return videos
     frame_root = datadir / "frames"
-    names = sorted(p.name for p in frame_root.glob("cam*") if p.is_dir() and not p.name.endswith(".partial"))
+    names = sorted(p.name for p in frame_root.glob("cam*")
+                   if p.is_dir() and not p.name.endswith((".partial", ".stale")))
     if not names:
         raise SceneError(f"no cameras in {datadir}: expected camXX.mp4 videos or frames/camXX/ folders; "
                          "check --datadir")
@@ -61,6 +64,45 @@ def list_frames(frame_dir: Path) -> list[Path]:
     return []
 
 
+def frame_numbers(files: list[Path]) -> dict[int, Path]:
+    """``{frame number: file}`` from file names like ``000012.jpg``; SceneError for a name that is not a number."""
+    numbered = {}
+    for path in files:
+        if not path.stem.isdigit():
+            raise SceneError(f"frame file {path} is not named by its frame number (e.g. 000001.jpg): rename or "
+                             "remove it")
+        numbered[int(path.stem)] = path
+    return numbered
+
+
+def common_frames(files: dict[str, list[Path]], datadir: Path) -> tuple[list[int], dict[str, dict[int, Path]]]:
+    """The frame numbers every camera has, matched by number, and each camera's ``{number: file}``.
+
+    Raises:
+        SceneError: a camera's numbering has a gap (a frame file is missing in the middle), or cameras start at
+            different frame numbers: loading by position would put frames of different times side by side.
+    """
+    numbered = {name: frame_numbers(fs) for name, fs in files.items()}
+    for name, frames in numbered.items():
+        first, last = min(frames), max(frames)
+        missing = sorted(set(range(first, last + 1)) - set(frames))
+        if missing:
+            shown = ", ".join(f"{m:06d}" for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise SceneError(f"{datadir / 'frames' / name} misses frame(s) {shown} of {first:06d}..{last:06d}: "
+                             f"every later frame of {name} would be out of time. Re-extract the camera (delete the "
+                             f"folder and run tools/prepare_video.py {datadir}) or restore the missing file(s)")
+    starts = {name: min(frames) for name, frames in numbered.items()}
+    if len(set(starts.values())) > 1:
+        raise SceneError(f"cameras of {datadir / 'frames'} start at different frame numbers {starts}: frames are "
+                         "matched by number, so every camera must start at the same one")
+    ends = {name: max(frames) for name, frames in numbered.items()}
+    common = sorted(set.intersection(*(set(frames) for frames in numbered.values())))
+    if len(set(ends.values())) > 1:
+        log.warning("cameras end at different frame numbers %s; using the frames all cameras have (%06d..%06d), "
+                    "the same frame numbers for every camera", ends, common[0], common[-1])
+    return common, numbered
+
+
 def camera_frames(datadir: Path, name: str) -> list[Path]:
     """Frame files of camera ``name``, extracting them from its video first when needed."""
     frame_dir = datadir / "frames" / name
@@ -75,17 +117,18 @@ def camera_frames(datadir: Path, name: str) -> list[Path]:
     return files
 
 
-def select_frames(counts: dict[str, int], num_frames: int | None, frame_list: Sequence[int] | None,
-                  datadir: Path) -> list[int]:
-    """0-based source frame indices to load, checked against every camera's frame count."""
-    available = min(counts.values())
-    shortest = min(counts, key=counts.get)
+def select_frames(available: int, num_frames: int | None, frame_list: Sequence[int] | None,
+                  datadir: Path, shortest: str) -> list[int]:
+    """0-based frame indices (into the frames every camera has) to load, checked against their number.
+
+    ``shortest`` names the camera with the fewest frames, for the messages.
+    """
     if frame_list:
         frame_ids = [int(f) for f in frame_list]
         bad = [f for f in frame_ids if f < 0 or f >= available]
         if bad:
-            raise SceneError(f"frame_list holds {bad}, but {datadir / 'frames' / shortest} has only {available} "
-                             f"frames (0-based indices 0..{available - 1}): fix frame_list")
+            raise SceneError(f"frame_list holds {bad}, but camera {shortest} has only {available} frames "
+                             f"({datadir / 'frames' / shortest}; 0-based indices 0..{available - 1}): fix frame_list")
         return frame_ids
     if num_frames is not None and num_frames > 0:
         if num_frames > available:
@@ -93,8 +136,6 @@ def select_frames(counts: dict[str, int], num_frames: int | None, frame_list: Se
                              f"({datadir / 'frames' / shortest}; its video may be short or partly extracted): "
                              f"lower num_frames to at most {available}, or re-extract with tools/prepare_video.py")
         return list(range(num_frames))
-    if len(set(counts.values())) > 1:
-        log.warning("cameras have different frame counts %s; using the first %d frames", counts, available)
     return list(range(available))
 
 
@@ -187,7 +228,10 @@ def read_n3dv(datadir: str | Path, *, downsample: float = 1.0, num_frames: int |
     for name, fs in files.items():
         if not fs:
             raise SceneError(f"no frames in {datadir / 'frames' / name}: run tools/prepare_video.py {datadir}")
-    frame_ids = select_frames({n: len(fs) for n, fs in files.items()}, num_frames, frame_list, datadir)
+    common, numbered = common_frames(files, datadir)
+    frame_ids = select_frames(len(common), num_frames, frame_list, datadir,
+                              shortest=min(numbered, key=lambda name: len(numbered[name])))
+    files = {name: [numbered[name][number] for number in common] for name in names}
     first = read_image(files[names[0]][frame_ids[0]])
     src_h, src_w = first.shape[:2]
     poses = poses_bounds[:, :15].reshape(-1, 3, 5)

@@ -14,7 +14,14 @@ from collections.abc import Sequence
 import configargparse
 import torch
 
-from models.config import ConfigError, build_parser, check_config_file, config_path_from_argv, finalize
+from models.config import (
+    ConfigError,
+    build_parser,
+    check_config_file,
+    check_torch_device,
+    config_path_from_argv,
+    finalize,
+)
 
 SCHEDULES = ("keyframe", "keyview")
 
@@ -115,6 +122,8 @@ def check_edit_args(args: argparse.Namespace) -> argparse.Namespace:
     args.ip2p_devices = [d.strip() for d in str(args.ip2p_device).split(",") if d.strip()]
     if not args.ip2p_devices:
         raise ConfigError("--ip2p_device is empty: pass e.g. cuda:1 or cpu")
+    for device in args.ip2p_devices:
+        check_torch_device(device, "ip2p_device")
     if args.workers < 0:
         raise ConfigError(f"workers = {args.workers}: pass 0 (one per --ip2p_device) or a positive number")
     args.workers = args.workers or len(args.ip2p_devices)

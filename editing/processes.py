@@ -9,7 +9,9 @@ which then saves a checkpoint and exits non-zero. Nothing here knows about IP2P 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -54,7 +56,30 @@ class EditorContext:
         self.messages.put(("progress", self.rank, fields))
 
 
-def _editor_main(target: Callable, rank: int, images, lock, stop, messages, args: tuple) -> None:
+PARENT_CHECK_SECONDS = 1.0
+
+
+def exit_with_parent(parent_pid: int, interval: float = PARENT_CHECK_SECONDS) -> threading.Thread:
+    """A daemon thread that ends this process within ``interval`` seconds of ``parent_pid``'s death.
+
+    An editor whose trainer was killed (kill -9, out of memory) would otherwise go on editing for minutes, and its
+    work is never recorded. When the parent dies the process is re-parented, so ``os.getppid()`` changes.
+    """
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(3)
+            time.sleep(interval)
+
+    thread = threading.Thread(target=watch, name="watch-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def _editor_main(target: Callable, rank: int, images, lock, stop, messages, args: tuple,
+                 parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
     ctx = EditorContext(rank, images, lock, stop, messages)
     try:
         target(ctx, *args)
@@ -82,7 +107,8 @@ class EditorPool:
         self.messages = self.ctx.Queue()
         self.procs = [
             self.ctx.Process(target=_editor_main, name=f"editor-{rank}", daemon=True,
-                             args=(target, rank, images, self.lock, self.stop_event, self.messages, args))
+                             args=(target, rank, images, self.lock, self.stop_event, self.messages, args,
+                                   os.getpid()))
             for rank, args in enumerate(per_editor_args)
         ]
         self.finished: set[int] = set()

@@ -76,7 +76,7 @@ def resolve_editor_model(args: argparse.Namespace, run_dir: Path) -> str:
     except IP2PWeightsError as err:
         if not args.ip2p_fallback_tiny:
             raise
-        from tools.make_tiny_ip2p import build_tiny_ip2p
+        from ip2p_models.tiny import build_tiny_ip2p
 
         folder = run_dir / "tiny-ip2p"
         if not (folder / "model_index.json").is_file():
@@ -127,6 +127,13 @@ class EditRun:
                               "would replace its checkpoints: pass another --expname")
         if not args.datadir:
             raise ConfigError("no scene given: pass --datadir (or datadir = ... in the config)")
+        # the editor's weights: checked before anything is loaded or written, loaded in the editor processes
+        if args.editor != "ip2p":
+            try:
+                load_factory(args.editor)
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
+        self.editor_model = resolve_editor_model(args, run_dir) if args.editor == "ip2p" else args.ip2p_model
 
         # 1. the scene: a store of its own to edit, in shared memory
         scene = load_scene(args.dataset_name, args.datadir, downsample=args.downsample_train,
@@ -171,22 +178,14 @@ class EditRun:
         del written.resume
         write_config(written, run_dir / "config.txt", build_edit_parser())
 
-        # 4. the editor's weights (checked here, loaded in the editor processes)
-        if args.editor != "ip2p":
-            try:
-                load_factory(args.editor)
-            except ValueError as err:
-                raise ConfigError(str(err)) from err
-        self.editor_model = resolve_editor_model(args, run_dir) if args.editor == "ip2p" else args.ip2p_model
-
-        # 5. depth of every camera at the frames the schedule warps between cameras
+        # 4. depth of every camera at the frames the schedule warps between cameras
         frames = [0] if args.edit_schedule == "keyframe" else list(range(scene.num_frames))
         cache = DepthCache(args.cache or run_dir / "cache", args.ckpt, scene, original, self.sampler, args.chunk)
         self.depth_files = {f: str(p) for f, p in zip(frames, cache.ensure(frames))}
         if field is not original:
             del original
 
-        # 6. the trainer: the NeRF's grid stays as fitted (no upsampling), fresh schedules from iteration 0
+        # 5. the trainer: the NeRF's grid stays as fitted (no upsampling), fresh schedules from iteration 0
         fit = FitSettings.from_args(args)
         fit.upsamp_list = []
         self.trainer = Trainer(field, scene, fit, device=args.device, run_dir=run_dir, start_iteration=start,

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.errors import UserError
 from models.atomic import atomic_write
 
 STATE_FILE = "edit_state.json"
 IMAGES_FILE = "edited_images.npy"
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """The saved edit cannot be continued with the current settings."""
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from common.errors import UserError
+
 from .sequence_editor import IP2PEditor
 
 log = logging.getLogger(__name__)
@@ -16,7 +18,7 @@ DEFAULT_IP2P_MODEL = "timbrooks/instruct-pix2pix"
 PIPELINE_LAYOUT = "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/"
 
 
-class IP2PWeightsError(FileNotFoundError):
+class IP2PWeightsError(UserError, FileNotFoundError):
     """The InstructPix2Pix weights are neither in a local folder nor downloadable; the message says how to get them."""
 
 
@@ -60,6 +62,34 @@ def check_device(device: str | torch.device) -> torch.device:
     return device
 
 
+# The files each component of a pipeline folder needs: a config, and weights where the component has any.
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                     "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors.index.json")
+COMPONENT_FILES = {
+    "unet": ("config.json", DIFFUSERS_WEIGHTS),
+    "vae": ("config.json", DIFFUSERS_WEIGHTS),
+    "text_encoder": ("config.json", ("model.safetensors", "pytorch_model.bin", "model.fp16.safetensors",
+                                     "model.safetensors.index.json")),
+    "tokenizer": ("tokenizer_config.json", ("vocab.json", "tokenizer.json")),
+    "scheduler": ("scheduler_config.json", ()),
+}
+
+
+def missing_components(folder: Path) -> list[str]:
+    """The component files a local pipeline folder lacks (``unet/``, ``unet/config.json``, ``unet/<weights>``...)."""
+    missing = []
+    for name, (config, weights) in COMPONENT_FILES.items():
+        part = folder / name
+        if not part.is_dir():
+            missing.append(f"{name}/")
+            continue
+        if not (part / config).is_file():
+            missing.append(f"{name}/{config}")
+        if weights and not any((part / w).is_file() for w in weights):
+            missing.append(f"{name}/{weights[0]}")
+    return missing
+
+
 def weights_source(model: str) -> str:
     """``model`` as a complete local pipeline folder or a hub id; IP2PWeightsError naming what is wrong otherwise."""
     local = Path(model).expanduser()
@@ -67,6 +97,11 @@ def weights_source(model: str) -> str:
         if not (local / "model_index.json").is_file():
             raise IP2PWeightsError(f"--ip2p_model {model}: this folder has no model_index.json, so it is not a "
                                    f"diffusers pipeline folder (expected {PIPELINE_LAYOUT}).\n{download_hint(model)}")
+        missing = missing_components(local)
+        if missing:
+            raise IP2PWeightsError(f"--ip2p_model {model}: the folder is incomplete, it misses {', '.join(missing)} "
+                                   f"(expected {PIPELINE_LAYOUT}). Copy or download the whole folder again.\n"
+                                   f"{download_hint(model)}")
         return str(local)
     if local.exists():
         raise IP2PWeightsError(f"--ip2p_model {model} is a file; pass a diffusers pipeline folder "

@@ -18,6 +18,8 @@ import re
 import torch
 from torch import Tensor
 
+from common.errors import UserError
+
 VARIANTS = ("large", "small")
 
 # (pattern, replacement) applied in order to a key without "module."; the variant picks the block rules.
@@ -42,7 +44,7 @@ _LARGE_NORM_RULES = [(r"(layer\d\.\d)\.norm([12])\.", r"\1.convnormrelu\2.1."), 
 _SMALL_NORM_RULES = [(r"(layer\d\.\d)\.norm([123])\.", r"\1.convnormrelu\2.1."), (r"(layer\d\.\d)\.norm4\.", None)]
 
 
-class RaftWeightsError(ValueError):
+class RaftWeightsError(UserError, ValueError):
     """A RAFT weight file that cannot be read as either layout, or whose tensors do not fit the model."""
 
 

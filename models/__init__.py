@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from common.errors import UserError
+
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .fields import N_to_reso, StreamTensorBase, StreamTensorCP, StreamTensorVMSplit
 from .fitting import FitSettings, Trainer, field_from_args
@@ -29,7 +31,7 @@ MODELS: dict[str, Callable[..., StreamTensorBase]] = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """An unknown model name or bad model options."""
 
 

@@ -12,7 +12,8 @@ from typing import BinaryIO
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(file)`` on a temporary file next to ``path``, then rename it over ``path``.
 
-    A crash or an error leaves the previous file untouched and no temporary file behind.
+    An error leaves the previous file untouched and no temporary file behind; a process killed mid-write can leave
+    its temporary file (``.NAME.*.tmp``), which :func:`remove_stale_temporaries` clears at the next start.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -25,3 +26,21 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: str | Path, pattern: str) -> list[Path]:
+    """Delete the temporary files :func:`atomic_write` left in ``folder`` for targets matching ``pattern`` (a glob
+    such as ``ckpt-*.th``) when a process was killed mid-write; returns what was removed.
+
+    Call it only where one process owns the folder (a run directory at the start of its run).
+    """
+    removed = []
+    for tmp in Path(folder).glob(f".{pattern}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    if removed:
+        import logging
+
+        logging.getLogger(__name__).warning("removed %d temporary file(s) of an interrupted write in %s: %s",
+                                            len(removed), folder, ", ".join(p.name for p in removed))
+    return removed

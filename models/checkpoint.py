@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.errors import UserError
+
 from .atomic import atomic_write
 from .config import find_run_config, read_config_file
 from .fields import AlphaGridMask, FieldError, StreamTensorBase
@@ -33,7 +35,7 @@ FORMAT_VERSION = 1
 CKPT_NAME = re.compile(r"ckpt-(\d+)\.th$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, unreadable, or does not fit the model; the message says which key and why."""
 
 
@@ -94,7 +96,14 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise CheckpointError(f"could not read checkpoint {path}: {err}") from err
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        # torch.save writes a zip archive (PK..); the release's older checkpoints are plain pickles (0x80)
+        kind = ("it is not a torch checkpoint (neither a zip archive nor a pickle): pass a ckpt-N.th file that "
+                "stream_train.py or the release wrote" if not (head.startswith(b"PK") or head[:1] == b"\x80")
+                else "the file looks truncated or corrupt (an interrupted copy?): copy it again, or pass an "
+                     "earlier checkpoint")
+        raise CheckpointError(f"could not read checkpoint {path}: {kind} ({type(err).__name__}: {err})") from err
     for key in ("kwargs", "state_dict"):
         if not isinstance(ckpt, dict) or key not in ckpt:
             raise CheckpointError(f"{path} is not a stream TensoRF checkpoint: it has no {key!r} entry")
@@ -137,6 +146,33 @@ def check_state_dict(field: nn.Module, state_dict: dict, path: Path, source: str
                 f"{path}: {key!r} has shape {list(value.shape)} in the checkpoint but {list(expected[key].shape)} in "
                 f"the model built from its kwargs with num_frames/ld_per_frame from {source}; the frame count, "
                 f"ld_per_frame or n_lamb_sigma/n_lamb_sh of the config do not match the checkpoint's training run")
+
+
+# Which options decide each parameter's non-spatial shape (for messages).
+SHAPE_OPTIONS = (("density", "n_lamb_sigma"), ("app_", "n_lamb_sh"), ("basis_mat", "data_dim_color / n_lamb_sh"),
+                 ("renderModule", "shadingMode / featureC / pos_pe / view_pe / fea_pe / data_dim_color"))
+
+
+def check_matches_config(loaded: nn.Module, configured: nn.Module, path: str | Path) -> None:
+    """Raise :class:`CheckpointError` when the checkpoint's field differs from the one the config describes.
+
+    Grid planes and lines are compared without their spatial sizes (those grow during training); every other
+    parameter by its whole shape. The message names the parameter, both shapes and the options behind it.
+    """
+    ours, theirs = loaded.state_dict(), configured.state_dict()
+    for key in sorted(set(ours) ^ set(theirs)):
+        raise CheckpointError(f"--ckpt {path}: parameter {key!r} exists only in the "
+                              f"{'checkpoint' if key in ours else 'config'}'s model; check model_name / shadingMode")
+    for key, value in ours.items():
+        grid = "plane" in key or "line" in key
+        a, b = tuple(value.shape), tuple(theirs[key].shape)
+        if (a[:2] if grid else a) != (b[:2] if grid else b):
+            options = next((o for prefix, o in SHAPE_OPTIONS if key.startswith(prefix)), "the model options")
+            raise CheckpointError(
+                f"--ckpt {path} does not match the config: parameter {key!r} has shape {list(a)} in the checkpoint "
+                f"but {list(b)} in the model the config describes ({options}"
+                f"{'; grid sizes aside' if grid else ''}). Resume with the config of the run that wrote the "
+                f"checkpoint (its config.txt), or start a new run without --ckpt")
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", model_name: str | None = None,

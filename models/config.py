@@ -20,6 +20,8 @@ from pathlib import Path
 import configargparse
 import torch
 
+from common.errors import UserError
+
 from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ DEFAULT_N_LAMB_SIGMA = [16, 4, 4]
 DEFAULT_N_LAMB_SH = [48, 12, 12]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or option is wrong; the message names the file/key and how to fix it."""
 
 
@@ -210,6 +212,29 @@ def parse_frame_list(value) -> list[int]:
         raise ConfigError(f"frame_list = {value!r}: expected comma-separated frame numbers like \"0,1,2\"") from err
 
 
+# Numeric options and their smallest valid value (checked before any work starts).
+POSITIVE_OPTIONS = {"n_iters": 1, "batch_size": 1, "N_voxel_init": 1, "N_voxel_final": 1, "nSamples": 1,
+                    "step_ratio": 1e-6, "downsample_train": 1e-6, "chunk": 1, "num_frames": 0,
+                    "progress_refresh_rate": 1}
+
+
+def check_torch_device(device, key: str = "device"):
+    """``device`` as a torch.device; ConfigError when it cannot be parsed or is a CUDA device this machine lacks."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"{key} = {device!r}: not a device; pass e.g. cpu, cuda or cuda:0") from err
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key} = {device}: CUDA is not available on this machine; pass {key} cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"{key} = {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return parsed
+
+
 def finalize(args: argparse.Namespace) -> argparse.Namespace:
     """Fill defaults the release leaves to the config files and check release-only options are off."""
     args.frame_list = parse_frame_list(args.frame_list)
@@ -236,6 +261,11 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
     if getattr(args, "importance_fine", 0) and not getattr(args, "importance_coarse", 1):
         raise ConfigError("importance_coarse = 0 with importance_fine > 0: the coarse pass needs samples; set "
                           "importance_coarse (e.g. 0.25) or importance_fine = 0")
+    for key, low in POSITIVE_OPTIONS.items():
+        value = getattr(args, key, None)
+        if value is not None and value < low:
+            raise ConfigError(f"{key} = {value}: must be at least {low}")
+    check_torch_device(getattr(args, "device", "cpu"), "device")
     if args.cfg_options:
         raise ConfigError("--cfg_options (mmcv overrides) is not supported: pass the options directly, "
                           "e.g. --n_iters 1000")

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.errors import UserError
+
 from .shading import build_shader
 from .streaming import ChannelStream
 
@@ -31,7 +33,7 @@ RELEASE_ONLY_KWARGS = ("deform_field", "portion_decoder", "virtual_cannonical", 
                        "portion_weight", "device")
 
 
-class FieldError(ValueError):
+class FieldError(UserError, ValueError):
     """A field cannot be built from the given arguments; the message names the argument and a fix."""
 
 

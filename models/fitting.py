@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import CKPT_NAME, checkpoint_name, save_checkpoint
+from .atomic import remove_stale_temporaries
+from .checkpoint import checkpoint_name, save_checkpoint
 from .fields import N_to_reso, StreamTensorBase, n_samples_for, voxel_schedule
 from .regularizers import density_l1, orthogonality, tv_loss
 from .rendering import render_image, render_rays
@@ -186,12 +187,15 @@ class Trainer:
             except ValueError as err:
                 log.warning("optimizer state not restored (%s); Adam restarts with fresh moments", err)
         self.writer = None
+        if self.run_dir is not None:
+            remove_stale_temporaries(self.run_dir, "ckpt-*.th")
         if self.run_dir is not None and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir))
         self.recent_psnr: list[float] = []
         self.test_psnr: float | None = None
+        self.written: set[Path] = set()  # checkpoints this trainer wrote (the only ones it may remove)
 
     # -- schedules -------------------------------------------------------------------------------------------
     def lr_scale_at(self, iteration: int) -> float:
@@ -317,9 +321,10 @@ class Trainer:
         s = self.settings
         end = s.n_iters if n is None else self.iteration + n
         stats: dict[str, float] = {}
-        bar = tqdm(range(self.iteration, end), disable=not progress, miniters=s.progress_refresh_rate,
+        # the bar shows the real iteration out of the total, also after a resume
+        bar = tqdm(total=end, initial=self.iteration, disable=not progress, miniters=s.progress_refresh_rate,
                    dynamic_ncols=True)
-        for _ in bar:
+        while self.iteration < end:
             stats = self.step()
             iteration = stats["iteration"]
             self.recent_psnr.append(stats["psnr"])
@@ -341,6 +346,8 @@ class Trainer:
                     self.writer.add_scalar("test/psnr", self.test_psnr, iteration)
             if self.run_dir is not None and iteration % s.checkpoint_period == 0:
                 self.save()
+            bar.update(1)
+        bar.close()
         if self.writer is not None:
             self.writer.flush()
         return stats
@@ -388,8 +395,11 @@ class Trainer:
             path = self.run_dir / checkpoint_name(self.iteration - 1)
         path = save_checkpoint(self.field, path, iteration=self.iteration - 1, optimizer=self.optimizer)
         if auto and not keep_others:
-            for old in path.parent.glob("ckpt-*.th"):
-                if old != path and CKPT_NAME.search(old.name):
-                    old.unlink()
+            # only checkpoints this trainer wrote: a resumed-from or earlier run's checkpoint is never removed
+            for old in self.written - {path}:
+                old.unlink(missing_ok=True)
+            self.written = {path}
+        elif auto:
+            self.written.add(path)
         log.info("checkpoint saved: %s", path)
         return path

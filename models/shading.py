@@ -11,12 +11,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from common.errors import UserError
+
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
 SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
 
 
-class ShadingError(ValueError):
+class ShadingError(UserError, ValueError):
     """An unknown shading mode or a feature size the mode cannot use."""
 
 

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from common.errors import UserError
 
-class StreamingError(ValueError):
+
+class StreamingError(UserError, ValueError):
     """A streaming setting (``n_comp``, ``num_frames``, ``ld_per_frame``) cannot be used; the message says why."""
 
 

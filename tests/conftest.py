@@ -70,7 +70,7 @@ def synthetic_truth(synthetic_scene_dir) -> dict:
 @pytest.fixture(scope="session")
 def tiny_ip2p_dir(tmp_path_factory) -> Path:
     """A tiny random InstructPix2Pix pipeline folder (diffusers layout), built offline once per session."""
-    from tools.make_tiny_ip2p import build_tiny_ip2p
+    from ip2p_models.tiny import build_tiny_ip2p
 
     return build_tiny_ip2p(tmp_path_factory.mktemp("ip2p") / "tiny-ip2p", seed=0)
 # --- end IP2P -------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tqdm import tqdm
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataloader.video import VideoError, extract_frames, frames_extracted
+from dataloader.video import VideoError, extract_frames, frames_extracted, missing_frames
 
 log = logging.getLogger("prepare_video")
 
@@ -36,6 +37,19 @@ def prepare_scene(datadir: Path, jpeg_quality: int = 95, progress: bool = True) 
         frame_dir = datadir / "frames" / video.stem
         if frames_extracted(frame_dir):
             status[video.stem] = "skipped"
+            continue
+        gaps = missing_frames(frame_dir)
+        if gaps:
+            # this tool's own extraction with frames deleted since: extract the camera again
+            log.warning("%s misses %d extracted frame(s) (%s); extracting %s again", frame_dir, len(gaps),
+                        ", ".join(f"{g:06d}" for g in gaps[:5]), video.name)
+            stale = frame_dir.with_name(frame_dir.name + ".stale")
+            shutil.rmtree(stale, ignore_errors=True)
+            frame_dir.rename(stale)
+            count = extract_frames(video, frame_dir, progress=progress, jpeg_quality=jpeg_quality)
+            shutil.rmtree(stale)
+            log.info("%s: %d frames -> %s", video.name, count, frame_dir)
+            status[video.stem] = "re-extracted"
             continue
         if frame_dir.is_dir() and any(frame_dir.iterdir()):
             log.warning("%s already holds files not written by this tool; leaving it as it is "
@@ -59,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except VideoError as err:
         print(f"prepare_video: {err}", file=sys.stderr)
         return 1
-    done = sum(v == "extracted" for v in status.values())
+    done = sum(v != "skipped" for v in status.values())
     print(f"{args.datadir}: {done} cameras extracted, {len(status) - done} already there")
     return 0
 

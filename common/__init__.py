@@ -1,0 +1,1 @@
+"""Small utilities every package shares, importing nothing of the project: the base of the clear-message errors."""
