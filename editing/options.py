@@ -23,7 +23,7 @@ from models.config import (
     finalize,
 )
 
-SCHEDULES = ("keyframe", "keyview")
+SCHEDULES = ("keyframe", "keyview", "perframe", "anchor")
 
 
 def default_ip2p_device() -> str:
@@ -40,7 +40,9 @@ def build_edit_parser() -> configargparse.ArgumentParser:
     add("--prompt", type=str, default="", help="the instruction, e.g. 'What if it was painted by Van Gogh?'")
     add("--edit_schedule", type=str, default="keyframe", choices=SCHEDULES,
         help="keyframe: edit frame 0 of all cameras, then each camera through time (the release); keyview: edit "
-             "key cameras through time, then build the others from them (the paper)")
+             "key cameras through time, then build the others from them (the paper); baselines for ablations: "
+             "perframe (every image edited alone, no anchor, flow or depth) and anchor (anchor-aware batches per "
+             "camera, no flow or depth)")
     add("--guidance_scale", type=float, default=10.5, help="IP2P text guidance weight")
     add("--image_guidance_scale", type=float, default=1.5, help="IP2P image guidance weight")
     add("--diffusion_steps", type=int, default=20, help="denoising steps of a full edit")

@@ -32,8 +32,10 @@ from .processes import EditorFailed, EditorPool
 from .schedules import (
     Cameras,
     EditSettings,
+    anchored_keys,
     key_camera,
     keyframe_keys,
+    per_frame_keys,
     time_keys,
     views_keys,
 )
@@ -179,7 +181,7 @@ class EditRun:
         write_config(written, run_dir / "config.txt", build_edit_parser())
 
         # 4. depth of every camera at the frames the schedule warps between cameras
-        frames = [0] if args.edit_schedule == "keyframe" else list(range(scene.num_frames))
+        frames = {"keyframe": [0], "keyview": list(range(scene.num_frames))}.get(args.edit_schedule, [])
         cache = DepthCache(args.cache or run_dir / "cache", args.ckpt, scene, original, self.sampler, args.chunk)
         self.depth_files = {f: str(p) for f, p in zip(frames, cache.ensure(frames))}
         if field is not original:
@@ -216,6 +218,12 @@ class EditRun:
         def split(cams: list[int]) -> list[list[int]]:
             return [cams[i::workers] for i in range(min(workers, len(cams)))]
 
+        if args.edit_schedule == "perframe":
+            cams = list(range(C))
+            return [("perframe", split(cams), [k for c in cams for k in per_frame_keys(F, ids[c], s, pass_index)])]
+        if args.edit_schedule == "anchor":
+            cams = list(range(C))
+            return [("anchor", split(cams), [k for c in cams for k in anchored_keys(ids[c], pass_index)])]
         if args.edit_schedule == "keyframe":
             cams = list(range(C))
             time_units = [k for c in cams for k in time_keys(F, ids[c], s, pass_index, True, False)]

@@ -11,6 +11,8 @@ resumed edit) is skipped, its result being in the store already.
   the camera's edited frame 0.
 - ``keyview`` (the paper): :func:`edit_through_time` for the key cameras with the overlapping sliding window, then
   :func:`edit_other_views` frame by frame.
+- baselines for ablations: ``perframe`` (:func:`edit_per_frame`, every image alone: Instruct-NeRF2NeRF in 4D) and
+  ``anchor`` (:func:`edit_anchored`, anchor-aware batches per camera without flow or depth).
 
 In pass 2 and later (``--edit_rounds``) the store holds the NeRF's renders, and every edit is a refinement of
 them (no edit from pure noise), so the passes converge.
@@ -298,6 +300,52 @@ def edit_through_time(editor, store: ImageStore, flow: FlowFn, cam: int, cam_id:
         mask_images = torch.stack(masks).float()[:, None].expand(-1, 3, -1, -1)
         units.done(key, [("input", store.original(new, cam)), ("warped", torch.stack(filled)),
                          ("reliable", mask_images), ("refined", refined)])
+
+
+def per_frame_keys(num_frames: int, cam_id: int, s: EditSettings, pass_index: int) -> list[str]:
+    """Unit keys of :func:`edit_per_frame` for one camera (frames in groups of ``sequence_length``)."""
+    return [f"pass{pass_index}/perframe/cam{cam_id:02d}/frames{b[0]:03d}-{b[-1]:03d}"
+            for b in batches(list(range(num_frames)), s.sequence_length)]
+
+
+def edit_per_frame(editor, store: ImageStore, cam: int, cam_id: int, s: EditSettings, pass_index: int,
+                   units: Units) -> None:
+    """The ``perframe`` baseline (Instruct-NeRF2NeRF applied to 4D): every image edited on its own, no anchor, no flow,
+    no depth; the NeRF alone merges the edits (iterative dataset update). Pass 0 edits from noise; later passes
+    refine the NeRF's renders from ``restview_refine_num_steps``."""
+    frames = list(range(store.num_frames))
+    for group, key in zip(batches(frames, s.sequence_length), per_frame_keys(store.num_frames, cam_id, s, pass_index)):
+        if units.is_done(key) or units.stopping():
+            continue
+        current, cond = store.get(group, cam), store.original(group, cam)
+        T, steps = ((1000, s.diffusion_steps) if pass_index == 0 else
+                    (s.restview_refine_num_steps, s.restview_refine_diffusion_steps))
+        seed = _unit_seed(s, key)
+        out = torch.cat([_edit(editor, current[i:i + 1], cond[i:i + 1], s, T=T, steps=steps, seed=seed + i)
+                         for i in range(len(group))])
+        store.put(group, cam, out)
+        units.done(key, [("input", cond), ("edited", out)])
+
+
+def anchored_keys(cam_id: int, pass_index: int) -> list[str]:
+    """The unit key of :func:`edit_anchored` for one camera."""
+    return [f"pass{pass_index}/anchor/cam{cam_id:02d}"]
+
+
+def edit_anchored(editor, store: ImageStore, cam: int, cam_id: int, s: EditSettings, pass_index: int,
+                  units: Units) -> None:
+    """The ``anchor`` ablation: each camera's frames edited in anchor-aware batches (the camera's frame 0 the anchor
+    of every batch of ``sequence_length``), without flow or depth; cameras are independent. Pass 0 edits from
+    noise; later passes refine the NeRF's renders from ``refine_num_steps``."""
+    key = anchored_keys(cam_id, pass_index)[0]
+    if units.is_done(key) or units.stopping():
+        return
+    frames = list(range(store.num_frames))
+    current, cond = store.get(frames, cam), store.original(frames, cam)
+    T, steps = (1000, s.diffusion_steps) if pass_index == 0 else (s.refine_num_steps, s.refine_diffusion_steps)
+    out = _edit(editor, current, cond, s, T=T, steps=steps, seed=_unit_seed(s, key))
+    store.put(frames, cam, out)
+    units.done(key, [("input", cond), ("edited", out)])
 
 
 def key_camera(c2w: Tensor) -> int:

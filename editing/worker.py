@@ -13,7 +13,16 @@ from tqdm.auto import tqdm
 
 from .depth_cache import load_depth
 from .previews import write_preview
-from .schedules import Cameras, EditSettings, Units, edit_key_frame, edit_other_views, edit_through_time
+from .schedules import (
+    Cameras,
+    EditSettings,
+    Units,
+    edit_anchored,
+    edit_key_frame,
+    edit_other_views,
+    edit_per_frame,
+    edit_through_time,
+)
 from .store import ImageStore
 
 log = logging.getLogger(__name__)
@@ -145,6 +154,12 @@ def run_stage(job: EditJob, editor, flow, store: ImageStore, units: Units) -> No
     s, p = job.settings, job.pass_index
     if job.stage == "keyframe":
         edit_key_frame(editor, store, load_depth(job.depth_files[0]), job.cameras, s, p, units)
+    elif job.stage == "perframe":
+        for cam in job.cams:
+            edit_per_frame(editor, store, cam, job.cam_ids[cam], s, p, units)
+    elif job.stage == "anchor":
+        for cam in job.cams:
+            edit_anchored(editor, store, cam, job.cam_ids[cam], s, p, units)
     elif job.stage in ("time", "keytime"):
         key = job.stage == "keytime"
         for cam in job.cams:

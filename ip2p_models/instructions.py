@@ -39,11 +39,16 @@ def pencil_sketch(image: np.ndarray, rng: np.random.Generator | None = None) -> 
     return np.repeat(grey[..., None].astype(np.float64) / 255.0, 3, axis=-1)
 
 
+def snow_colours(image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The deterministic part of :func:`snowy`: ``0.6 x + 0.4 luma(x) + 0.15``, clipped (no flakes)."""
+    x = np.clip(image, 0.0, 1.0)
+    return np.clip(0.6 * x + 0.4 * (x @ LUMA)[..., None] + 0.15, 0.0, 1.0)
+
+
 def snowy(image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
     """Washed-out brighter colours with fresh white flakes (discs of radius 1-3 px, one per ~150 px²)."""
     rng = rng if rng is not None else np.random.default_rng()
-    x = np.clip(image, 0.0, 1.0)
-    out = np.clip(0.6 * x + 0.4 * (x @ LUMA)[..., None] + 0.15, 0.0, 1.0)
+    out = snow_colours(image)
     H, W = out.shape[:2]
     count = rng.poisson(H * W / SNOW_PIXELS_PER_FLAKE)
     cx, cy = rng.uniform(0, W, count), rng.uniform(0, H, count)
@@ -70,6 +75,7 @@ class Instruction:
     deterministic: bool
     source_caption: str
     target_caption: str
+    reference: Callable[[np.ndarray], np.ndarray]  # what an edit is scored against (the deterministic part)
 
     @property
     def prompt(self) -> str:
@@ -79,12 +85,12 @@ class Instruction:
 
 INSTRUCTIONS: dict[str, Instruction] = {
     "night": Instruction("night", ("make it night", "turn it into night", "make it nighttime", "make it dark night"),
-                         night, True, "a photo of a scene", "a photo of a scene at night"),
+                         night, True, "a photo of a scene", "a photo of a scene at night", night),
     "sketch": Instruction("sketch", ("turn it into a pencil sketch", "make it a pencil sketch",
                                      "make it a pencil drawing", "draw it as a pencil sketch"),
-                          pencil_sketch, True, "a photo of a scene", "a pencil sketch of a scene"),
+                          pencil_sketch, True, "a photo of a scene", "a pencil sketch of a scene", pencil_sketch),
     "snowy": Instruction("snowy", ("make it snowy", "make it snow", "add snow", "turn it into a snowy scene"),
-                         snowy, False, "a photo of a scene", "a photo of a snowy scene"),
+                         snowy, False, "a photo of a scene", "a photo of a snowy scene", snow_colours),
 }
 
 
