@@ -111,19 +111,31 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def resolve_streaming(path: Path, ckpt: dict, config: dict | None) -> tuple[int, float, str]:
-    """``num_frames``, ``ld_per_frame`` and where they came from, for a checkpoint's kwargs."""
+    """``num_frames``, ``ld_per_frame`` and where they came from, for a checkpoint's kwargs.
+
+    The checkpoint's own record (ours) or its training run's config (the release's ``config.py`` next to it) wins
+    over ``config`` (the caller's options, e.g. an edit config); a disagreement on ``ld_per_frame`` is logged with both
+    values (the release's ``edit_coffee_300_4`` says 0.1 while its ``train_coffee_300_4`` trained with 1.0).
+    """
     kwargs = ckpt["kwargs"]
+    found = None
     if FORMAT_KEY in ckpt:
-        return int(kwargs["num_frames"]), float(kwargs["ld_per_frame"]), "the checkpoint"
-    run_config = find_run_config(path.parent)
-    if run_config is not None:
-        values = read_config_file(run_config)
+        found = int(kwargs["num_frames"]), float(kwargs["ld_per_frame"]), "the checkpoint"
+    else:
+        run_config = find_run_config(path.parent)
+        values = read_config_file(run_config) if run_config is not None else {}
         if "num_frames" in values and "ld_per_frame" in values and values["num_frames"]:
             frames = values["num_frames"]
             frame_list = values.get("frame_list")
             if isinstance(frame_list, (list, tuple)) and frame_list:
                 frames = len(frame_list)
-            return int(frames), float(values["ld_per_frame"]), str(run_config)
+            found = int(frames), float(values["ld_per_frame"]), str(run_config)
+    if found is not None:
+        given = (config or {}).get("ld_per_frame")
+        if given is not None and float(given) != found[1]:
+            log.warning("ld_per_frame = %g in this run's config, but %s was trained with ld_per_frame = %g (%s): "
+                        "using the checkpoint's training value", float(given), path, found[1], found[2])
+        return found
     if config and config.get("num_frames") and config.get("ld_per_frame") is not None:
         return int(config["num_frames"]), float(config["ld_per_frame"]), "the given config"
     raise CheckpointError(

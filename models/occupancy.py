@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .streaming import ChannelStream
+from .streaming import table_rows
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def probe_times(num_frames: int, ld_per_frame: float, factor_kinds: int = 2) -> 
     """
     if ld_per_frame == 0:
         return [(0.0,) * factor_kinds]
-    rows = len(ChannelStream(1, num_frames, ld_per_frame).rows)
+    rows = table_rows(num_frames, ld_per_frame)
     combos = set()
     for r in range(rows):
         for choice in itertools.product((r / rows, (r + 1) / rows), repeat=factor_kinds):

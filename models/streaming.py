@@ -1,9 +1,14 @@
-"""Per-frame channel streaming of the stream TensoRF factors (``spec/stream-tensorf.md``, "The field").
+"""Per-frame channel streaming of the stream TensoRF factors (``../shared/spec/stream-tensorf.md``, "The field").
 
 Every plane/line factor stores ``C = n_comp + ceil((num_frames - 1) * ld)`` channels; at time ``t`` only
 ``n_comp`` of them are used. A new channel enters every ``1 / ld`` frames and an old one leaves; between two rows of
-the table the entering channel is blended linearly with the one it replaces. ``0 < ld_per_frame <= 1`` (what the
-spec covers); ``ld_per_frame == 0`` turns streaming off (every stored channel is used at every time).
+the table the entering channel is blended linearly with the one it replaces. ``0 < ld_per_frame <= 1``;
+``ld_per_frame == 0`` turns streaming off (every stored channel is used at every time).
+
+Grouped mode, ``ld_per_frame = k``, a whole number above 1 (most of the release's 50-frame configs use 2): the
+stored channels are read in groups of ``m = 2k`` consecutive channels and streamed exactly as with
+``ld_per_frame = 0.5``, on groups instead of channels: ``n_comp`` must be a multiple of ``m``, a factor stores
+``n_comp + ceil((num_frames - 1) / 2) * m`` channels, and the live channels come out group-major.
 """
 
 from __future__ import annotations
@@ -21,26 +26,53 @@ class StreamingError(UserError, ValueError):
     """A streaming setting (``n_comp``, ``num_frames``, ``ld_per_frame``) cannot be used; the message says why."""
 
 
+GROUPED_LD = 0.5  # grouped mode streams its groups like ld_per_frame = 0.5 streams channels
+
+
 def check_ld_per_frame(ld_per_frame: float) -> float:
-    """``ld_per_frame`` as a float, refusing values outside ``[0, 1]``."""
-    if not 0 <= ld_per_frame <= 1:
-        raise StreamingError(f"ld_per_frame = {ld_per_frame} must be in [0, 1] (new channels per frame; 0 turns "
-                             "streaming off): fix ld_per_frame in the config")
-    return float(ld_per_frame)
+    """``ld_per_frame`` as a float: in ``[0, 1]``, or a whole number above 1 (grouped mode)."""
+    ld = float(ld_per_frame)
+    if ld < 0 or (ld > 1 and not ld.is_integer()):
+        raise StreamingError(f"ld_per_frame = {ld_per_frame}: must be in [0, 1] (new channels per frame; 0 turns "
+                             "streaming off) or a whole number k > 1 (grouped mode, groups of 2k channels, as the "
+                             "release's ld_per_frame = 2 configs): fix ld_per_frame in the config")
+    return ld
+
+
+def group_size(ld_per_frame: float) -> int:
+    """Channels per streamed group: ``2 * ld_per_frame`` in grouped mode (``ld_per_frame > 1``), else 1."""
+    ld = check_ld_per_frame(ld_per_frame)
+    return int(2 * ld) if ld > 1 else 1
 
 
 def stored_channels(n_comp: int, num_frames: int, ld_per_frame: float) -> int:
-    """Channels stored per factor: ``n_comp + ceil((num_frames - 1) * ld_per_frame)``."""
+    """Channels stored per factor: ``n_comp + ceil((num_frames - 1) * ld_per_frame)``, or in grouped mode
+    ``n_comp + ceil((num_frames - 1) / 2) * m``."""
+    m = group_size(ld_per_frame)
+    if m > 1:
+        return n_comp + math.ceil((num_frames - 1) * GROUPED_LD) * m
     return n_comp + math.ceil((num_frames - 1) * check_ld_per_frame(ld_per_frame))
 
 
+def table_rows(num_frames: int, ld_per_frame: float) -> int:
+    """Number of rows of the streaming table (0 without streaming); the same for every ``n_comp``."""
+    ld = check_ld_per_frame(ld_per_frame)
+    if ld == 0:
+        return 0
+    return len(channel_table(1, num_frames, GROUPED_LD if ld > 1 else ld))
+
+
 def channel_table(n_comp: int, num_frames: int, ld_per_frame: float) -> list[tuple[list[int], list[int]]]:
-    """Rows ``(idx, perm)`` of the streaming table.
+    """Rows ``(idx, perm)`` of the streaming table (for ``0 < ld_per_frame <= 1``; grouped mode calls it with the
+    group count and 0.5).
 
     ``idx = [blend_from, blend_to, rest...]`` indexes stored channels; ``perm`` orders the ``n_comp`` selected
     channels. Row ``r`` serves times in ``[r / R, (r + 1) / R)`` for ``R`` rows.
     """
     ld = check_ld_per_frame(ld_per_frame)
+    if ld > 1:
+        raise StreamingError(f"channel_table takes ld_per_frame <= 1, got {ld_per_frame}; grouped mode streams "
+                             f"groups with ld_per_frame = {GROUPED_LD}")
     if n_comp < 1:
         raise StreamingError(f"streaming needs at least one channel per factor, got n_comp = {n_comp}")
     interval = int(1 / ld) if ld > 0 else 0
@@ -83,17 +115,29 @@ class ChannelStream:
 
     def __post_init__(self) -> None:
         self.enabled = check_ld_per_frame(self.ld_per_frame) > 0
-        self.rows = channel_table(self.n_comp, self.num_frames, self.ld_per_frame) if self.enabled else []
+        self.group = group_size(self.ld_per_frame)
+        if self.n_comp % self.group:
+            raise StreamingError(f"ld_per_frame = {self.ld_per_frame:g} reads channels in groups of {self.group}, "
+                                 f"but a factor has {self.n_comp} channels (n_lamb_sigma / n_lamb_sh): every entry "
+                                 f"must be divisible by {self.group}")
+        ld = GROUPED_LD if self.group > 1 else self.ld_per_frame
+        self.rows = channel_table(self.n_comp // self.group, self.num_frames, ld) if self.enabled else []
         self.stored = stored_channels(self.n_comp, self.num_frames, self.ld_per_frame) if self.enabled else self.n_comp
         self._index_cache: dict[tuple[int, torch.device], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
+    def _channels(self, groups: list[int]) -> list[int]:
+        """Stored channel indices of ``groups`` (each group ``g`` is channels ``g·m .. g·m + m - 1``)."""
+        m = self.group
+        return [g * m + r for g in groups for r in range(m)]
+
     def _indices(self, row: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Index tensors of ``row`` on ``device``, made once: (leaving + rest, entering + rest, all, perm)."""
+        """Channel index tensors of ``row`` on ``device``, made once: (leaving + rest, entering + rest, all, perm)."""
         key = (row, device)
         if key not in self._index_cache:
             idx, perm = self.rows[row]
             lists = ([idx[0]] + idx[2:], idx[1:], idx, perm)
-            self._index_cache[key] = tuple(torch.tensor(v, dtype=torch.long, device=device) for v in lists)
+            self._index_cache[key] = tuple(torch.tensor(self._channels(v), dtype=torch.long, device=device)
+                                           for v in lists)
         return self._index_cache[key]
 
     def select(self, stored: Tensor, t: float) -> Tensor:
@@ -115,12 +159,13 @@ class ChannelStream:
         elif right == 0:
             feat = stored.index_select(1, entering)
         else:
+            m = self.group
             feat = stored.index_select(1, both)
-            feat = torch.cat([feat[:, :1] * right + feat[:, 1:2] * left, feat[:, 2:]], dim=1)
+            feat = torch.cat([feat[:, :m] * right + feat[:, m:2 * m] * left, feat[:, 2 * m:]], dim=1)
         return feat.index_select(1, perm)
 
     def reachable(self) -> set[int]:
         """Stored channel indices used at some time (for checks: every stored channel should be)."""
         if not self.enabled:
             return set(range(self.stored))
-        return {c for idx, _ in self.rows for c in idx}
+        return {c for idx, _ in self.rows for c in self._channels(idx)}

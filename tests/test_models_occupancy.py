@@ -27,15 +27,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny(model_name="StreamTensorVMSplit", act="relu", ld=0.5):
     torch.manual_seed(0)
-    return build_model(model_name, BOX, [8, 9, 6], density_n_comp=[4, 2, 2], appearance_n_comp=[4, 2, 2],
+    comps = [4, 4, 4] if ld > 1 else [4, 2, 2]  # grouped mode (ld 2) reads groups of 4 channels
+    return build_model(model_name, BOX, [8, 9, 6], density_n_comp=comps, appearance_n_comp=comps,
                        app_dim=27, shadingMode="MLP_Fea", near_far=[0.0, 1.0], view_pe=0, fea_pe=0, featureC=16,
                        fea2denseAct=act, density_shift=-0.1, num_frames=7, ld_per_frame=ld, step_ratio=0.5)
 
 
 def alpha_at_quantile(field, q):
-    """The opacity threshold whose density feature is the ``q`` quantile of the field's features at t = 0.5."""
+    """The opacity threshold whose density feature is the ``q`` quantile of the field's features (the largest over a
+    few times, so that some cells stay empty at every time)."""
     with torch.no_grad():
-        feature = field.density_feature(torch.rand(4000, 3) * 2 - 1, 0.5).quantile(q)
+        xyz = torch.rand(4000, 3) * 2 - 1
+        feature = max(field.density_feature(xyz, t).quantile(q) for t in (0.0, 0.25, 0.5, 0.75, 1.0))
         sigma = field.activate_density(feature).item()
     return -math.expm1(-sigma * field.step_size * field.distance_scale)
 
@@ -57,10 +60,11 @@ def test_probe_times_cover_row_ends():
 
 @pytest.mark.parametrize("model_name", ["StreamTensorVMSplit", "StreamTensorCP"])
 @pytest.mark.parametrize("act", ["relu", "softplus"])
-def test_grid_never_drops_density_at_any_time(model_name, act):
+@pytest.mark.parametrize("ld", [0.5, 2])
+def test_grid_never_drops_density_at_any_time(model_name, act, ld):
     """Every point whose opacity over one step exceeds the threshold at some time lies in an occupied cell, and
     the cell's floor never exceeds the density there."""
-    field = tiny(model_name, act)
+    field = tiny(model_name, act, ld)
     alpha = alpha_at_quantile(field, 0.999)
     grid = OccupancyGrid.from_field(field, alpha_thres=alpha)
     assert 0.0 < grid.fraction < 1.0, grid.fraction
@@ -90,9 +94,10 @@ def test_pooled_grid_is_conservative():
     assert dilated.fraction >= fine.fraction
 
 
-def test_zero_threshold_relu_renders_exactly_like_dense():
+@pytest.mark.parametrize("ld", [0.5, 2])
+def test_zero_threshold_relu_renders_exactly_like_dense(ld):
     """With relu and alpha_thres 0 the skipped samples have density exactly 0: the renders are dense mode's."""
-    field = tiny()
+    field = tiny(ld=ld)
     with torch.no_grad():  # no density where x < 0: every plane x line product is negative there
         for i in range(3):
             field.density_line[i].abs_()

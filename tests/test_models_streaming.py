@@ -60,10 +60,39 @@ def test_no_streaming_uses_all_channels():
 
 
 def test_bad_settings_are_named():
-    with pytest.raises(StreamingError, match="ld_per_frame = 2 must be in \\[0, 1\\]"):
-        channel_table(6, 10, 2)
+    with pytest.raises(StreamingError, match="ld_per_frame = 1.5: must be in \\[0, 1\\].*or a whole number"):
+        stored_channels(6, 10, 1.5)
     with pytest.raises(StreamingError, match="ld_per_frame = -0.5"):
         stored_channels(8, 10, -0.5)
+    with pytest.raises(StreamingError, match="groups of 4, but a factor has 6 channels.*divisible by 4"):
+        ChannelStream(6, 10, 2)
+
+
+def test_grouped_mode_counts_match_the_spec_example():
+    # 16 frames, n_lamb_sigma = [16, 4, 4], ld_per_frame = 2: groups of 4; plane 0 stores 16 + 8 * 4 channels
+    stream = ChannelStream(16, 16, 2)
+    assert stream.group == 4 and stream.stored == 48 == stored_channels(16, 16, 2)
+    assert stored_channels(4, 16, 2) == 4 + 8 * 4
+    assert len(stream.rows) == len(ChannelStream(4, 16, 0.5).rows)
+    assert stream.reachable() == set(range(48))
+
+
+@pytest.mark.parametrize("n_comp,num_frames,ld", [(16, 16, 2), (8, 50, 2), (12, 9, 3)])
+def test_grouped_mode_streams_whole_groups_like_half_a_channel_per_frame(n_comp, num_frames, ld):
+    """Channels constant within each group: the grouped pick is the ld 0.5 pick of the groups, each repeated m times."""
+    grouped = ChannelStream(n_comp, num_frames, ld)
+    m = grouped.group
+    single = ChannelStream(n_comp // m, num_frames, 0.5)
+    torch.manual_seed(0)
+    groups = torch.randn(1, grouped.stored // m, 5, 3)
+    stored = groups.repeat_interleave(m, dim=1)
+    for t in [0.0, 0.13, 0.5, 0.77, 0.999, 1.0]:
+        expected = single.select(groups, t).repeat_interleave(m, dim=1)
+        assert torch.allclose(grouped.select(stored, t), expected), t
+    # and within a group the channel order is kept
+    ramp = torch.arange(grouped.stored, dtype=torch.float32).reshape(1, -1, 1, 1)
+    picked = grouped.select(ramp, 0.0).flatten().tolist()
+    assert all(picked[g * m + r] == picked[g * m] + r for g in range(n_comp // m) for r in range(m))
 
 
 @pytest.mark.parametrize("n_comp,num_frames,ld", [(3, 5, 0.5), (16, 50, 0.5), (4, 50, 0.2), (48, 300, 0.1),
