@@ -74,9 +74,7 @@ def build_edit_parser() -> configargparse.ArgumentParser:
     add("--ip2p_use_full_precision", type=int, default=0, help="1: fp32 on CUDA too (default fp16)")
     add("--attention_slicing", type=int, default=0, help="1: less editor memory, slower")
     add("--cpu_offload", type=int, default=0, help="1: keep IP2P on the CPU, move each part to the GPU while it runs")
-    add("--ip2p_fallback_tiny", type=int, default=0,
-        help="1 (demo config only): when --ip2p_model cannot be loaded offline, build a tiny random model instead; "
-             "the edit is then meaningless")
+    add("--ip2p_fallback_tiny", type=int, default=0, help="no longer used (the demo edits with weights/mini-ip2p)")
     add("--editor", type=str, default="ip2p",
         help="ip2p, or module:factory returning an object with edit_sequence (research and tests)")
     add("--flow", type=str, default=None, choices=("raft", "dis"),
@@ -116,10 +114,6 @@ def check_edit_args(args: argparse.Namespace) -> argparse.Namespace:
     if not args.ckpt and not args.resume:
         raise ConfigError("no NeRF to edit: pass --ckpt log/.../train_{scene}/ckpt-N.th (a stream_train.py "
                           "checkpoint or the release's)")
-    if args.ip2p_fallback_tiny and args.dataset_name != "synthetic":
-        raise ConfigError(f"ip2p_fallback_tiny = 1 with dataset_name = {args.dataset_name}: the tiny random editor is "
-                          "for the built-in synthetic demo only (its edits are meaningless); drop it and pass "
-                          "--ip2p_model with the real InstructPix2Pix weights")
     args.key_cams = list(args.key_cams or [])
     args.ip2p_devices = [d.strip() for d in str(args.ip2p_device).split(",") if d.strip()]
     if not args.ip2p_devices:

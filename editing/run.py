@@ -45,17 +45,6 @@ from .worker import EditJob, EditorSpec, load_factory, run_editor
 
 log = logging.getLogger("stream_edit")
 
-TINY_MODEL_WARNING = """
-************************************************************************************************
-  --ip2p_model {model} cannot be loaded here ({reason}).
-  This is the demo config, so a TINY RANDOM InstructPix2Pix is used instead ({folder}).
-  The pipeline runs end to end, but THE EDIT IS MEANINGLESS (random colours, not your prompt).
-  For a real edit, get the weights once on a machine with network access:
-      hf download timbrooks/instruct-pix2pix --local-dir weights/instruct-pix2pix
-  and pass --ip2p_model weights/instruct-pix2pix
-************************************************************************************************"""
-
-
 class Interrupted(Exception):
     """Ctrl-C during the edit (the checkpoint and the edit state are saved)."""
 
@@ -68,24 +57,19 @@ def run_directory(args: argparse.Namespace) -> Path:
 
 
 def resolve_editor_model(args: argparse.Namespace, run_dir: Path) -> str:
-    """The IP2P weights to load: ``--ip2p_model`` when available; for the demo config only, a tiny random model
-    built on the spot (loudly) when it is not."""
-    from ip2p_models.loading import IP2PWeightsError, check_available
+    """The IP2P weights to load (``--ip2p_model``), checked to be loadable before anything starts.
 
-    try:
-        check_available(args.ip2p_model)
-        return args.ip2p_model
-    except IP2PWeightsError as err:
-        if not args.ip2p_fallback_tiny:
-            raise
-        from ip2p_models.tiny import build_tiny_ip2p
+    Raises:
+        IP2PWeightsError: a missing or incomplete folder (the message names the missing file), or a hub id that is
+            neither cached nor downloadable.
+    """
+    from ip2p_models.loading import check_available
 
-        folder = run_dir / "tiny-ip2p"
-        if not (folder / "model_index.json").is_file():
-            build_tiny_ip2p(folder, seed=0)
-        reason = str(err).splitlines()[0]
-        log.warning(TINY_MODEL_WARNING.format(model=args.ip2p_model, reason=reason, folder=folder))
-        return str(folder)
+    if args.ip2p_fallback_tiny:
+        log.warning("ip2p_fallback_tiny is no longer used: the demo edits with the mini InstructPix2Pix in "
+                    "weights/mini-ip2p; pass --ip2p_model")
+    check_available(args.ip2p_model)
+    return args.ip2p_model
 
 
 class EditRun:
@@ -136,6 +120,10 @@ class EditRun:
             except ValueError as err:
                 raise ConfigError(str(err)) from err
         self.editor_model = resolve_editor_model(args, run_dir) if args.editor == "ip2p" else args.ip2p_model
+        if args.editor == "ip2p":
+            from ip2p_models.loading import warn_if_unknown_prompt
+
+            warn_if_unknown_prompt(self.editor_model, args.prompt)
 
         # 1. the scene: a store of its own to edit, in shared memory
         scene = load_scene(args.dataset_name, args.datadir, downsample=args.downsample_train,

@@ -175,7 +175,42 @@ def load_ip2p(model: str = DEFAULT_IP2P_MODEL, device: str | torch.device = "cpu
         pipe.to(device)
     slice_size = None if attention_slicing is False else 1 if attention_slicing is True else int(attention_slicing)
     log.info("loaded InstructPix2Pix %s on %s (%s)", model, device, str(dtype).removeprefix("torch."))
-    return IP2PEditor(pipe, device, sequence_length=sequence_length, attention_slice=slice_size, progress=progress)
+    editor = IP2PEditor(pipe, device, sequence_length=sequence_length, attention_slice=slice_size, progress=progress)
+    if Path(model).expanduser().is_dir():
+        editor.model_path = str(model)
+    return editor
+
+
+INSTRUCTIONS_FILE = "instructions.json"  # a model trained on a fixed set of instructions lists them here
+
+
+def known_prompts(model: str) -> list[str] | None:
+    """The prompts a local model folder says it was trained on (its ``instructions.json``), or None (any prompt)."""
+    import json
+
+    path = Path(str(model)).expanduser() / INSTRUCTIONS_FILE
+    if not path.is_file():
+        return None
+    try:
+        listed = json.loads(path.read_text())
+    except (OSError, ValueError):
+        log.warning("%s is unreadable; not checking prompts against it", path)
+        return None
+    return [p for entry in listed.values() for p in entry.get("prompts", [])]
+
+
+def warn_if_unknown_prompt(model: str, prompt: str) -> bool:
+    """Log a warning when ``model`` lists the instructions it knows and ``prompt`` is not one of them; returns
+    whether it warned."""
+    from .instructions import normalize_prompt
+
+    prompts = known_prompts(model)
+    if prompts is None or normalize_prompt(prompt) in {normalize_prompt(p) for p in prompts}:
+        return False
+    log.warning("the prompt %r is not one the model in %s was trained on; it knows: %s. Its edit will not follow "
+                "the prompt (a small model trained on a few instructions; use the real InstructPix2Pix for others)",
+                prompt, model, "; ".join(repr(p) for p in prompts))
+    return True
 
 
 def check_available(model: str) -> str:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .instructions import INSTRUCTIONS, all_prompts
+from .loading import INSTRUCTIONS_FILE
 from .procedural_images import TRAIN_FAMILIES, make_image
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 TEXT_WIDTH = 64
 MAX_TOKENS = 40
-INSTRUCTIONS_FILE = "instructions.json"
 
 
 @dataclass

@@ -82,6 +82,7 @@ class IP2PEditor:
         self.processor = find_anchor_processor(self.unet) or install_anchor_attention(self.unet)
         self.processor.slice_size = attention_slice
         self.unet_evals = 0
+        self.model_path: str | None = None  # the local folder it was loaded from (its instruction list is checked)
         self._prompt_cache: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ public API
@@ -179,6 +180,10 @@ class IP2PEditor:
     def encode_prompt(self, prompt: str) -> Tensor:
         """Text embeddings ``[1, tokens, width]`` of ``prompt`` (cached per prompt)."""
         if prompt not in self._prompt_cache:
+            if prompt and self.model_path is not None:
+                from .loading import warn_if_unknown_prompt
+
+                warn_if_unknown_prompt(self.model_path, prompt)
             ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length,
                                  truncation=True, return_tensors="pt").input_ids
             with torch.no_grad():

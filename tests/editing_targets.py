@@ -31,8 +31,8 @@ def wait_for_stop(ctx):
 
 # --- editors for stream_edit.py --editor (module:factory) ---------------------------------------------------
 class CountingEditor:
-    """The colour-shift editor that appends one line per finished call to ``$EDIT_CALLS_FILE`` and raises on call
-    number ``$EDIT_FAIL_AT`` (1-based; unset: never)."""
+    """The colour-shift editor that appends one line per finished call to ``$EDIT_CALLS_FILE``, raises on call
+    number ``$EDIT_FAIL_AT`` (1-based; unset: never) and takes ``$EDIT_SLEEP`` seconds longer per call."""
 
     def __init__(self):
         from editing.toy_editors import ColourShiftEditor
@@ -45,6 +45,7 @@ class CountingEditor:
         if str(self.calls) == os.environ.get("EDIT_FAIL_AT"):
             raise RuntimeError(f"editor broke on purpose at call {self.calls}")
         out = self.inner.edit_sequence(images, images_cond, prompt, **kwargs)
+        time.sleep(float(os.environ.get("EDIT_SLEEP", "0")))  # a slow editor, for kill tests
         with open(os.environ["EDIT_CALLS_FILE"], "a") as log:
             log.write(f"{images.shape[0]}\n")
         return out
