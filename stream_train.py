@@ -24,7 +24,7 @@ from dataloader import load_scene
 from models import FitSettings, Trainer, build_sampler, field_from_args, load_checkpoint
 from models.checkpoint import check_matches_config, iteration_from_name, latest_checkpoint
 from models.config import ConfigError, parse_args, write_config
-from models.renders import render_path_views, render_test_views
+from runner.outputs import render_path_views, render_test_views
 
 log = logging.getLogger("stream_train")
 

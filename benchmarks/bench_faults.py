@@ -148,7 +148,7 @@ def kill_checkpoint_writes(work: Path, times: int = 5) -> dict:
         writer.send_signal(signal.SIGKILL)
         writer.wait()
     readable = sum(1 for p in folder.glob("ckpt-*.th") if torch.load(p)["x"].numel() == 2_000_000)
-    from models.atomic import remove_stale_temporaries
+    from common.atomic import remove_stale_temporaries
 
     litter = len(remove_stale_temporaries(folder, "ckpt-*.th"))
     return {"case": f"kill -9 during checkpoint writes (x{times})", "survived": readable == 3, "units_lost": 0,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .n3dv import SceneError, read_n3dv
-from .scene import Scene
+from .n3dv import read_n3dv
+from .scene import Scene, SceneError
 from .synthetic import read_synthetic
 
 DATASETS: dict[str, Callable[..., Scene]] = {

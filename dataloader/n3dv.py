@@ -1,6 +1,6 @@
 """Reader for DyNeRF / Neural 3D Video scenes (``poses_bounds.npy`` + ``camXX.mp4`` + ``frames/camXX/``).
 
-Camera handling follows the release (see ``spec/stream-tensorf.md``, "Camera and rays"): LLFF rows to
+Camera handling follows the release (see ``../shared/spec/stream-tensorf.md``, "Camera and rays"): LLFF rows to
 OpenGL, rescale by ``min(near) * 1.8 * 0.6``, recentre on the average pose, optional NDC.
 """
 
@@ -17,20 +17,17 @@ import cv2
 import numpy as np
 import torch
 
-from common.errors import UserError
+from common.image_io import read_rgb, write_rgb
 
 from . import cameras
-from .scene import NDC_SCENE_BOX, Scene
-from .video import VideoError, extract_frames, read_image, write_image
+from .scene import NDC_SCENE_BOX, Scene, SceneError
+from .video import VideoError, extract_frames
 
+FRAME_HINT = "delete it and re-run tools/prepare_video.py on the scene folder"
 log = logging.getLogger(__name__)
 
 SCALE_FACTOR = 1.8 * 0.6
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-class SceneError(UserError, ValueError):
-    """A scene folder or a loading option is wrong; the message says which and how to fix it."""
 
 
 def find_cameras(datadir: Path) -> list[str]:
@@ -159,17 +156,17 @@ def load_frame(source: Path, cache: Path | None, size: tuple[int, int]) -> np.nd
     """One frame at ``size = (W, H)``, read from the PNG cache or resized from the source and cached."""
     if cache is not None and cache.exists():
         try:
-            image = read_image(cache)
+            image = read_rgb(cache, FRAME_HINT)
             if image.shape[1::-1] == size:
                 return image
         except VideoError:
             pass  # a damaged cache entry is simply rebuilt
-    image = read_image(source)
+    image = read_rgb(source, FRAME_HINT)
     if image.shape[1::-1] != size:
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     if cache is not None:
         tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.tmp{cache.suffix}")
-        write_image(tmp, image)
+        write_rgb(tmp, image)
         os.replace(tmp, cache)
     return image
 
@@ -232,7 +229,7 @@ def read_n3dv(datadir: str | Path, *, downsample: float = 1.0, num_frames: int |
     frame_ids = select_frames(len(common), num_frames, frame_list, datadir,
                               shortest=min(numbered, key=lambda name: len(numbered[name])))
     files = {name: [numbered[name][number] for number in common] for name in names}
-    first = read_image(files[names[0]][frame_ids[0]])
+    first = read_rgb(files[names[0]][frame_ids[0]], FRAME_HINT)
     src_h, src_w = first.shape[:2]
     poses = poses_bounds[:, :15].reshape(-1, 3, 5)
     hwf_h, hwf_w, focal = poses[0, :, 4]

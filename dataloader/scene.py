@@ -12,9 +12,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from common.errors import UserError
+
 from . import cameras
 
 NDC_SCENE_BOX = ((-1.5, -1.67, -1.0), (1.5, 1.67, 1.0))
+
+
+class SceneError(UserError, ValueError):
+    """A scene folder or a loading option is wrong; the message says which and how to fix it."""
 
 
 @dataclass

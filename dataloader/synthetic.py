@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .n3dv import SceneError, read_n3dv
-from .scene import Scene
+from .n3dv import read_n3dv
+from .scene import Scene, SceneError
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from common.errors import UserError
+from common.image_io import write_rgb
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +37,6 @@ def missing_frames(frame_dir: Path) -> list[int]:
     present = {int(p.stem) for p in frame_dir.glob("[0-9]*.jpg") if p.stem.isdigit()}
     present |= {int(p.stem) for p in frame_dir.glob("[0-9]*.png") if p.stem.isdigit()}
     return sorted(set(range(1, count + 1)) - present)
-
-
-def write_image(path: Path, rgb: np.ndarray, jpeg_quality: int = 95) -> None:
-    """Write an RGB uint8 ``[H, W, 3]`` image (JPEG or PNG by suffix)."""
-    # JPEG without chroma subsampling (4:4:4): the frames are training targets, and 4:2:0 costs ~8 dB of colour
-    params = ([cv2.IMWRITE_JPEG_QUALITY, jpeg_quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-               cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444] if path.suffix.lower() in (".jpg", ".jpeg") else [])
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
-        raise OSError(f"could not write image {path}: check that the folder is writable and the disk not full")
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read an image file as RGB uint8 ``[H, W, 3]``."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise VideoError(f"unreadable image {path}: the file is missing, empty or not an image; "
-                         "delete it and re-run tools/prepare_video.py on the scene folder")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def extract_frames(video: Path, frame_dir: Path, progress: bool = True, jpeg_quality: int = 95) -> int:
@@ -86,7 +68,7 @@ def extract_frames(video: Path, frame_dir: Path, progress: bool = True, jpeg_qua
             for raw in reader:
                 count += 1
                 rgb = np.frombuffer(raw, np.uint8).reshape(height, width, 3)
-                jobs.append(pool.submit(write_image, partial / f"{count:06d}.jpg", rgb, jpeg_quality))
+                jobs.append(pool.submit(write_rgb, partial / f"{count:06d}.jpg", rgb, jpeg_quality))
                 bar.update(1)
             for job in jobs:
                 job.result()

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from common.atomic import atomic_write
 from ip2p_models.depth_warp import depth_to_points
-from models.atomic import atomic_write
 from models.rendering import render_image
 
 log = logging.getLogger(__name__)

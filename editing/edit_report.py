@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from common.atomic import atomic_write
+from common.image_io import to_uint8
 from dataloader import load_scene
 from ip2p_models.instructions import find_instruction
 from models import build_sampler, load_checkpoint, render_image
-from models.atomic import atomic_write
 from models.checkpoint import latest_checkpoint
 from models.config import ConfigError
 
@@ -111,7 +112,7 @@ def render_all(ckpt: Path, scene, args, cams: list[int], cache: Path) -> np.ndar
     for f in tqdm(range(scene.num_frames), desc=f"renders of {ckpt.name}", leave=False):
         for c in cams:
             rgb = render_image(field_, sampler, scene, f, c, chunk=args.chunk, white_bg=args.white_bkgd)["rgb"]
-            out[f, c] = np.round(rgb.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
+            out[f, c] = to_uint8(rgb)
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(cache, lambda handle: np.save(handle, out))
     atomic_write(meta, lambda handle: handle.write(json.dumps(identity).encode()))

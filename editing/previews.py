@@ -10,14 +10,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.renders import write_image
+from common.image_io import to_uint8, write_rgb
 
 MAX_TILE_WIDTH = 320
 LABEL_WIDTH = 90
 
 
 def _tile(image: Tensor, width: int) -> np.ndarray:
-    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+    array = to_uint8(image.permute(1, 2, 0))
     if array.shape[1] != width:
         height = max(1, round(array.shape[0] * width / array.shape[1]))
         array = cv2.resize(array, (width, height), interpolation=cv2.INTER_AREA)
@@ -45,5 +45,5 @@ def write_preview(folder: str | Path, key: str, rows: list[tuple[str, Tensor]]) 
     """Write the grid of a unit to ``{folder}/{key}.png`` (the key's slashes become folders)."""
     path = Path(folder) / f"{key}.png"
     with torch.no_grad():
-        write_image(path, preview_grid(rows))
+        write_rgb(path, preview_grid(rows))
     return path

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from common.image_io import to_uint8, write_video
 from dataloader import load_scene
 from models import FitSettings, Trainer, build_sampler, load_checkpoint, render_image
 from models.checkpoint import iteration_from_name, latest_checkpoint
 from models.config import ConfigError, write_config
-from models.renders import render_path_views, render_test_views, to_uint8, write_video
+from runner.outputs import render_path_views, render_test_views
 
 from .depth_cache import DepthCache
 from .options import build_edit_parser

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.atomic import atomic_write
 from common.errors import UserError
-from models.atomic import atomic_write
 
 STATE_FILE = "edit_state.json"
 IMAGES_FILE = "edited_images.npy"

@@ -1,29 +1,26 @@
-"""Reading, resizing and writing images for the demo programs (float CHW ``[3, H, W]`` in [0, 1])."""
+"""Images as float CHW tensors ``[3, H, W]`` in [0, 1] for the demo programs: reading, listing, resizing, writing
+(files go through :mod:`common.image_io`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from common.image_io import read_rgb, to_uint8, write_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 def read_image(path: str | Path) -> Tensor:
     """An RGB image file as float ``[3, H, W]`` in [0, 1] (alpha dropped, gray repeated)."""
-    import imageio.v3 as iio
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} not found; check the path (the bundled examples/ are re-made by "
                                 "tools/make_ip2p_examples.py and tools/make_flow_examples.py)")
-    array = np.asarray(iio.imread(path))
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    return torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(read_rgb(path)).permute(2, 0, 1).float() / 255.0
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -56,15 +53,9 @@ def resize(images: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def save_image(path: str | Path, image: Tensor) -> Path:
-    """Write ``[3, H, W]`` or ``[H, W]`` (gray) float [0, 1] as an 8-bit image; returns the path."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = image.detach().float().clamp(0, 1).mul(255).round().byte().cpu()
-    array = array.numpy() if array.dim() == 2 else array.permute(1, 2, 0).numpy()
-    iio.imwrite(path, array)
-    return path
+    """Write ``[3, H, W]`` or ``[H, W]`` (gray) float [0, 1] as an 8-bit image (rounded); returns the path."""
+    array = to_uint8(image if image.dim() == 2 else image.permute(1, 2, 0))
+    return write_rgb(path, array)
 
 
 def image_row(images: list[Tensor]) -> Tensor:

@@ -15,32 +15,13 @@ Typical use (also by the editing program)::
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from common.errors import UserError
-
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from .compositing import alpha_weights, composite_depth, composite_rgb
 from .fields import N_to_reso, StreamTensorBase, StreamTensorCP, StreamTensorVMSplit
 from .fitting import FitSettings, Trainer, field_from_args
-from .rendering import alpha_weights, composite_depth, composite_rgb, render_chunked, render_image, render_rays
+from .registry import MODELS, ModelError, build_model
+from .rendering import render_chunked, render_image, render_rays
 from .sampling import SAMPLERS, build_sampler
-
-MODELS: dict[str, Callable[..., StreamTensorBase]] = {
-    "StreamTensorVMSplit": StreamTensorVMSplit,
-    "StreamTensorCP": StreamTensorCP,
-}
-
-
-class ModelError(UserError, ValueError):
-    """An unknown model name or bad model options."""
-
-
-def build_model(model_name: str, aabb, grid_size, **kwargs) -> StreamTensorBase:
-    """A new field of class ``MODELS[model_name]`` (kwargs: the release's constructor names)."""
-    if model_name not in MODELS:
-        raise ModelError(f"unknown model_name {model_name!r}: choose one of {sorted(MODELS)}")
-    return MODELS[model_name](aabb, grid_size, **kwargs)
-
 
 __all__ = [
     "MODELS", "SAMPLERS", "CheckpointError", "FitSettings", "ModelError", "N_to_reso", "StreamTensorBase",

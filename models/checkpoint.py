@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.atomic import atomic_write
 from common.errors import UserError
 
-from .atomic import atomic_write
 from .config import find_run_config, read_config_file
 from .fields import AlphaGridMask, FieldError, StreamTensorBase
+from .registry import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +203,6 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", mod
     Returns:
         The field (eval mode is not set; it has no dropout) and the raw checkpoint dict (``optimizer``, ...).
     """
-    from . import MODELS  # the registry imports this module
-
     path = Path(path)
     ckpt = read_checkpoint(path)
     num_frames, ld_per_frame, source = resolve_streaming(path, ckpt, config)

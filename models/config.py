@@ -20,9 +20,8 @@ from pathlib import Path
 import configargparse
 import torch
 
+from common.atomic import atomic_write
 from common.errors import UserError
-
-from .atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

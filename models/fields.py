@@ -1,7 +1,7 @@
-"""Stream TensoRF fields: per-frame tensor-decomposed density and appearance (``spec/stream-tensorf.md``).
+"""Stream TensoRF fields: per-frame tensor-decomposed density and appearance (``../shared/spec/stream-tensorf.md``).
 
 A field computes density and appearance features at points and turns features into colour; it never samples
-rays or composites (see :mod:`models.sampling` and :mod:`models.rendering`).
+rays or composites (see :mod:`models.sampling`, :mod:`models.compositing` and :mod:`models.rendering`).
 
 Conventions: ``xyz`` passed to a field is box-normalized to [-1, 1] (:meth:`StreamTensorBase.normalize_coord`);
 ``t`` is the time in [0, 1] of the one frame a batch holds; grids are sampled with bilinear ``grid_sample``,

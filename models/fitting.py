@@ -1,7 +1,7 @@
 """Fitting a stream TensoRF field to a scene's images; shared by ``stream_train.py`` and the editing program.
 
 The :class:`Trainer` reads colours from ``scene.images`` at every step, so another process may replace images
-while it fits (the editing loop). Schedules follow the release (``spec/stream-tensorf.md``): Adam (0.9, 0.99),
+while it fits (the editing loop). Schedules follow the release (``../shared/spec/stream-tensorf.md``): Adam (0.9, 0.99),
 ``lr *= lr_decay_target_ratio ** (1 / n_iters)`` after every step, TV weights decayed by the same factor before
 each use, grid upsampling after the iterations of ``upsamp_list`` with the optimizer rebuilt at the initial
 learning rates, periodic test evaluation, a checkpoint every ``n_iters // 10`` iterations. With ``sampling = fast``
@@ -23,13 +23,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .atomic import remove_stale_temporaries
+from common.atomic import remove_stale_temporaries
+from common.image_io import depth_to_color, to_uint8, write_rgb
+
 from .checkpoint import checkpoint_name, save_checkpoint
 from .fields import N_to_reso, StreamTensorBase, n_samples_for, voxel_schedule
+from .pixel_batches import MotionSampler, UniformSampler
+from .registry import build_model
 from .regularizers import density_l1, orthogonality, tv_loss
 from .rendering import render_image, render_rays
-from .renders import write_image
-from .samplers import MotionSampler, UniformSampler
 from .sampling import FeatureVolumes, ImportanceSampler, OccupancySampler, RaySampler, build_sampler
 
 log = logging.getLogger(__name__)
@@ -118,8 +120,6 @@ class FitSettings:
 
 def field_from_args(args: argparse.Namespace, scene) -> StreamTensorBase:
     """A new field for ``scene`` from the release's options (grid at ``N_voxel_init`` in the scene box)."""
-    from . import build_model
-
     reso = N_to_reso(args.N_voxel_init, scene.scene_box)
     return build_model(
         args.model_name, scene.scene_box, reso, density_n_comp=args.n_lamb_sigma, appearance_n_comp=args.n_lamb_sh,
@@ -372,11 +372,9 @@ class Trainer:
                 mse = torch.mean((out["rgb"].cpu() - scene.image(frame, cam)) ** 2).item()
                 psnrs.append(psnr_from_mse(mse))
                 if save and self.run_dir is not None:
-                    from .renders import depth_to_color
-
-                    rgb = (out["rgb"].cpu().numpy() * 255).astype(np.uint8)
+                    rgb = to_uint8(out["rgb"])
                     depth = depth_to_color(out["depth"].cpu().numpy(), scene.near_far)
-                    write_image(self.run_dir / "imgs_vis" / f"{prefix}cam{scene.cam_ids[cam]:02d}_{frame:03d}.png",
+                    write_rgb(self.run_dir / "imgs_vis" / f"{prefix}cam{scene.cam_ids[cam]:02d}_{frame:03d}.png",
                                 np.concatenate([rgb, depth], axis=1))
         return float(np.mean(psnrs)) if psnrs else float("nan")
 

@@ -1,4 +1,4 @@
-"""Volume rendering: compositing as pure functions, and renders of ray batches and full images.
+"""Volume rendering: renders of ray batches and full images (compositing itself is in :mod:`models.compositing`).
 
 A full-image render holds rays of one frame: the field is queried at one time ``t``. A training batch may hold
 several frames: ``t`` is then a sequence of times, and the rays are grouped by frame in ``len(t)`` equal consecutive
@@ -7,94 +7,11 @@ blocks. Sampling and compositing run over the whole batch; only the field lookup
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import torch
 from torch import Tensor
 
-from .sampling import RaySampler, RaySamples, frame_blocks
-
-WEIGHT_EPS = 1e-10
-
-
-def alpha_weights(sigma: Tensor, dists: Tensor) -> tuple[Tensor, Tensor]:
-    """Opacity and compositing weights along rays.
-
-    ``alpha = 1 - exp(-sigma * dists)``; ``T_i = prod_{j<i} (1 - alpha_j + 1e-10)``; ``w = alpha * T``.
-
-    Args:
-        sigma: ``[n_rays, n_samples]`` densities.
-        dists: ``[n_rays, n_samples]`` sample spacing already multiplied by ``distance_scale``.
-
-    Returns:
-        ``alpha [n_rays, n_samples]``, ``weights [n_rays, n_samples]``.
-    """
-    alpha = 1.0 - torch.exp(-sigma * dists)
-    ones = torch.ones_like(alpha[:, :1])
-    transmittance = torch.cumprod(torch.cat([ones, 1.0 - alpha + WEIGHT_EPS], dim=-1), dim=-1)[:, :-1]
-    return alpha, alpha * transmittance
-
-
-def composite_rgb(weights: Tensor, rgb: Tensor, white_bg: bool) -> Tensor:
-    """``sum w c`` (+ ``1 - sum w`` on a white background), clamped to [0, 1].
-
-    Args:
-        weights: ``[n_rays, n_samples]``; rgb: ``[n_rays, n_samples, 3]``.
-
-    Returns:
-        ``[n_rays, 3]``.
-    """
-    rgb_map = torch.sum(weights[..., None] * rgb, dim=-2)
-    if white_bg:
-        rgb_map = rgb_map + (1.0 - weights.sum(-1, keepdim=True))
-    return rgb_map.clamp(0, 1)
-
-
-def composite_depth(weights: Tensor, z_vals: Tensor, far_value: Tensor) -> Tensor:
-    """``sum w z + (1 - sum w) * far_value`` (the release passes the ray direction's z as ``far_value``).
-
-    Args:
-        weights: ``[n_rays, n_samples]``; z_vals: ``[n_rays or 1, n_samples]``; far_value: ``[n_rays]``.
-
-    Returns:
-        ``[n_rays]``.
-    """
-    return torch.sum(weights * z_vals, dim=-1) + (1.0 - weights.sum(-1)) * far_value
-
-
-Times = float | Sequence[float]
-
-
-def per_frame(fn: Callable[[Tensor, float], Tensor], xyz: Tensor, mask: Tensor, t: Times) -> Tensor:
-    """``fn(points, time)`` at the ``mask``-ed samples, in the order of ``xyz[mask]``.
-
-    Args:
-        fn: a field lookup (``field.density``, ``field.app_features``) of ``[N, 3]`` points at one time.
-        xyz: ``[n_rays, n_samples, 3]`` box-normalized samples; mask: ``[n_rays, n_samples]`` bool.
-        t: one time for all rays, or one per frame block of rays (see the module docstring).
-    """
-    if not isinstance(t, Sequence):
-        return fn(xyz[mask], t)
-    size, times = frame_blocks(xyz.shape[0], t)
-    return torch.cat([fn(x[m], time) for x, m, time in zip(xyz.split(size), mask.split(size), times)])
-
-
-def sample_weights(field, samples: RaySamples, xyz: Tensor, t: Times) -> Tensor:
-    """Compositing weights ``[n_rays, n_samples]`` of ``samples`` at time(s) ``t``: density at the valid samples (and
-    inside a release checkpoint's alpha mask), zero elsewhere.
-
-    Args:
-        samples: from a ray sampler; xyz: ``samples.xyz`` box-normalized (:meth:`normalize_coord`).
-    """
-    valid = samples.valid
-    if field.alphaMask is not None:
-        masked = valid.clone()
-        masked[valid] = field.alphaMask.sample_alpha(samples.xyz[valid]) > 0
-        valid = masked
-    # empty selections are fine below (no `.any()` checks: each would wait for the device)
-    sigma = torch.zeros(valid.shape, device=xyz.device, dtype=xyz.dtype)
-    sigma[valid] = per_frame(field.density, xyz, valid, t)
-    return alpha_weights(sigma, samples.dists * field.distance_scale)[1]
+from .compositing import Times, composite_depth, composite_rgb, per_frame, sample_weights
+from .sampling import RaySampler
 
 
 def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: Times, *, n_samples: int,

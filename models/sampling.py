@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .compositing import alpha_weights, frame_blocks, sample_weights
 from .occupancy import OccupancyGrid
 
 
@@ -220,14 +221,6 @@ def sample_pdf(edges: Tensor, weights: Tensor, n_samples: int, uniform_mix: floa
     return (edge_lo + share.clamp(0, 1) * (edge_hi - edge_lo)).sort(dim=-1).values
 
 
-def frame_blocks(n_rays: int, t: float | Sequence[float]) -> tuple[int, list[float]]:
-    """``(rays per block, times)`` of a batch at time ``t``, or at one time per equal consecutive block of rays."""
-    times = [float(v) for v in t] if isinstance(t, Sequence) else [float(t)]
-    if n_rays % len(times):
-        raise ValueError(f"{n_rays} rays cannot be split into {len(times)} equal frame blocks")
-    return n_rays // len(times), times
-
-
 class FeatureVolumes:
     """The field's density feature at its grid nodes, one volume per time, for the coarse pass of
     :class:`ImportanceSampler`.
@@ -324,7 +317,6 @@ class ImportanceSampler:
                  generator: torch.Generator | None = None, t: float = 0.0) -> RaySamples:
         if not train or not self.ndc:
             return self.coarse(field, rays_o, rays_d, n_samples, train, generator, t=t)
-        from .rendering import alpha_weights, sample_weights  # rendering imports this module
 
         near, far = field.near_far
         n_coarse = max(2, round(n_samples * self.coarse_ratio))

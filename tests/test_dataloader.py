@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.image_io import ImageError
 from dataloader import DATASETS, SceneError, cameras, load_scene
-from dataloader.video import VideoError
 
 
 def sample_image(image: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
@@ -216,7 +216,7 @@ def test_fewer_frames_than_num_frames(scene_copy):
 
 def test_unreadable_image(scene_copy):
     (scene_copy / "frames" / "cam02" / "000002.png").write_bytes(b"not an image")
-    with pytest.raises(VideoError, match="unreadable image .*cam02/000002.png"):
+    with pytest.raises(ImageError, match="unreadable image .*cam02/000002.png"):
         load_scene("n3dv", scene_copy)
 
 

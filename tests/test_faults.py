@@ -221,7 +221,7 @@ WRITER_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
     import torch
-    from models.atomic import atomic_write
+    from common.atomic import atomic_write
 
     payload = torch.arange(2_000_000, dtype=torch.float32)
     for i in range(10_000):
@@ -241,7 +241,7 @@ def test_kills_during_checkpoint_writes_leave_readable_checkpoints(tmp_path):
         writer.wait(timeout=10)
     for path in tmp_path.glob("ckpt-*.th"):
         assert torch.load(path)["x"].shape == (2_000_000,)
-    from models.atomic import remove_stale_temporaries
+    from common.atomic import remove_stale_temporaries
 
     remove_stale_temporaries(tmp_path, "ckpt-*.th")
     assert not list(tmp_path.glob(".*.tmp"))

@@ -8,7 +8,7 @@ import torch
 from dataloader import load_scene
 from models import FitSettings, Trainer, field_from_args
 from models.config import parse_args
-from models.samplers import MotionSampler, UniformSampler, moving_pixels
+from models.pixel_batches import MotionSampler, UniformSampler, moving_pixels
 
 TINY = ["--ndc_ray", "1", "--N_voxel_init", str(16**3), "--N_voxel_final", str(32**3), "--upsamp_list", "100",
         "--n_lamb_sigma", "4", "--n_lamb_sigma", "2", "--n_lamb_sigma", "2", "--n_lamb_sh", "8", "--n_lamb_sh", "4",

@@ -67,7 +67,7 @@ def test_fine_samples_concentrate_where_the_weight_is():
         samples.z_vals) * 2.0)
     # the composited opacity through the slab is (almost) one, as with the dense samples
     with torch.no_grad():
-        from models.rendering import alpha_weights
+        from models.compositing import alpha_weights
 
         sigma = field.density(field.normalize_coord(samples.xyz), 0.0)
         _, weights = alpha_weights(sigma, samples.dists * field.distance_scale)

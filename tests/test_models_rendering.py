@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models.rendering import alpha_weights, composite_depth, composite_rgb
+from models.compositing import alpha_weights, composite_depth, composite_rgb
 from models.sampling import next_distances, sample_box, sample_ndc
 
 BOX = torch.tensor([[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]])

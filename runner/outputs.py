@@ -11,51 +11,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import cv2
-import imageio.v2 as imageio
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .rendering import render_image
+from common.image_io import depth_to_color, to_uint8, write_rgb, write_video
+from models.rendering import render_image
 
 log = logging.getLogger(__name__)
 
-VIDEO_FPS = 15
-
-
-def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Write a uint8 ``[H, W, 3]`` image, creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.imwrite(path, image)
-
-
-def write_video(path: str | Path, frames: list[np.ndarray], fps: int = VIDEO_FPS) -> None:
-    """Write uint8 ``[H, W, 3]`` frames as an mp4 (bundled ffmpeg; any frame size)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimwrite(path, np.stack(frames), fps=fps, quality=8, macro_block_size=1)
-
-
-def depth_to_color(depth: np.ndarray, near_far: tuple[float, float] | None = None) -> np.ndarray:
-    """Colour-mapped depth (JET, RGB uint8 ``[H, W, 3]``), normalized by ``near_far`` or the depth's range."""
-    x = np.nan_to_num(depth.astype(np.float64))
-    if near_far is None:
-        positive = x[x > 0]
-        lo, hi = (positive.min(), x.max()) if positive.size else (0.0, 1.0)
-    else:
-        lo, hi = near_far
-    x = np.clip((x - lo) / (hi - lo + 1e-8), 0, 1)
-    colored = cv2.applyColorMap((255 * x).astype(np.uint8), cv2.COLORMAP_JET)
-    return cv2.cvtColor(colored, cv2.COLOR_BGR2RGB)
-
-
-def to_uint8(rgb: torch.Tensor) -> np.ndarray:
-    return (rgb.clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
-
-
-@torch.no_grad()
 def render_test_views(field, sampler, scene, out_dir: str | Path, *, chunk: int = 4096, white_bg: bool = False,
                       n_samples: int | None = None) -> dict[int, list[float]]:
     """Render every test camera at every frame; PSNR against ``scene.images``.
@@ -75,8 +39,8 @@ def render_test_views(field, sampler, scene, out_dir: str | Path, *, chunk: int 
             rgb = to_uint8(out["rgb"])
             depth = out["depth"].cpu().numpy().astype(np.float32)
             depth_rgb = depth_to_color(depth, scene.near_far if scene.ndc else None)
-            write_image(cam_dir / "rgb" / f"{frame:03d}.png", rgb)
-            write_image(cam_dir / "depth" / f"{frame:03d}.png", depth_rgb)
+            write_rgb(cam_dir / "rgb" / f"{frame:03d}.png", rgb)
+            write_rgb(cam_dir / "depth" / f"{frame:03d}.png", depth_rgb)
             rgbs.append(rgb)
             depth_images.append(depth_rgb)
             depths.append(depth)
@@ -108,8 +72,8 @@ def render_path_views(field, sampler, scene, out_dir: str | Path, *, views: int 
                            n_samples=n_samples)
         rgb = to_uint8(out["rgb"])
         depth_rgb = depth_to_color(out["depth"].cpu().numpy(), scene.near_far if scene.ndc else None)
-        write_image(out_dir / "rgb" / f"{i:03d}.png", rgb)
-        write_image(out_dir / "depth" / f"{i:03d}.png", depth_rgb)
+        write_rgb(out_dir / "rgb" / f"{i:03d}.png", rgb)
+        write_rgb(out_dir / "depth" / f"{i:03d}.png", depth_rgb)
         rgbs.append(rgb)
         depth_images.append(depth_rgb)
     write_video(out_dir / "video.mp4", rgbs)
