@@ -143,8 +143,7 @@ def test_release_configs_parse(path):
     args = parse_args(["--config", str(path)])
     assert args.n_lamb_sigma == [16, 4, 4] and args.n_lamb_sh == [48, 12, 12] and args.shadingMode == "MLP_Fea"
     assert args.ndc_ray == 1 and args.batch_size == 4096 and args.N_voxel_init == 2097156
-    assert args.n_iters == 100000 and args.N_voxel_final == 640**3 and args.upsamp_list == [2000, 4000, 8000, 10000]
     assert args.fea2denseAct == "relu" and args.view_pe == 0 and args.fea_pe == 0
     assert args.TV_weight_density == 1.0 and args.TV_weight_app == 1.0
-    assert (args.num_frames, args.ld_per_frame) in ((50, 0.5), (300, 0.1))
     assert args.skip_cams == ([12] if "coffee" in path.stem else [])
+    # the values that differ between files are checked against the release's table in test_release_configs.py
