@@ -32,8 +32,9 @@ demo: $(STAMP)
 		$(PY) stream_train.py --config configs/synthetic/train_demo.txt --datadir $(DEMO_SCENE)
 	$(PY) stream_edit.py --config configs/synthetic/edit_demo.txt --datadir $(DEMO_SCENE) \
 		$$(test -f log/synthetic/edit_demo/edit_state.json && echo --resume)
+	$(PY) tools/evaluate_edit.py log/synthetic/edit_demo
 	@echo "demo done: fitted NeRF in log/synthetic/train_demo/, edited NeRF in log/synthetic/edit_demo/"
-	@echo "  (side_by_side_cam00.mp4, imgs_test_all/cam00/video.mp4, imgs_path_all/video.mp4, previews/)"
+	@echo "  (side_by_side_cam00.mp4, imgs_test_all/cam00/video.mp4, imgs_path_all/video.mp4, previews/, eval/)"
 
 clean-demo:
 	rm -rf $(DEMO_SCENE) log/synthetic

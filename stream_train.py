@@ -12,7 +12,6 @@ checkpoint before exiting.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import sys
 from pathlib import Path
@@ -20,11 +19,12 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
-from dataloader import load_scene
-from models import FitSettings, Trainer, build_sampler, field_from_args, load_checkpoint
-from models.checkpoint import check_matches_config, iteration_from_name, latest_checkpoint
+from models import FitSettings, Trainer, build_sampler, field_from_args
+from models.checkpoint import latest_checkpoint
 from models.config import ConfigError, parse_args, write_config
-from runner.outputs import render_path_views, render_test_views
+from runner.outputs import final_renders
+from runner.start import Start, load_field, scene_from_args
+from runner.start import run_directory as runner_directory
 
 log = logging.getLogger("stream_train")
 
@@ -33,10 +33,7 @@ def run_directory(args) -> Path:
     """``{basedir}/{expname}``, or the checkpoint's folder when resuming or rendering."""
     if args.ckpt:
         return Path(args.ckpt).parent
-    name = args.expname
-    if args.add_timestamp:
-        name += datetime.datetime.now().strftime("-%Y%m%d-%H%M%S")
-    return Path(args.basedir) / name
+    return runner_directory(args.basedir, args.expname, bool(args.add_timestamp))
 
 
 def keep_previous_config(path: Path) -> Path | None:
@@ -51,42 +48,21 @@ def keep_previous_config(path: Path) -> Path | None:
     return kept
 
 
-def load_scene_from_args(args):
-    if not args.datadir:
-        raise ConfigError("no scene given: pass --datadir (or datadir = ... in the config)")
-    return load_scene(args.dataset_name, args.datadir, downsample=args.downsample_train,
-                      num_frames=args.num_frames or None, frame_list=args.frame_list or None,
-                      skip_cams=args.skip_cams, ndc=bool(args.ndc_ray), hold_out_test=bool(args.hold_out_test))
-
-
-def render_outputs(field, scene, args, run_dir: Path) -> None:
-    """Final renders requested by ``--render_test`` / ``--render_path``."""
-    sampler = build_sampler(args.sampling, scene.ndc, **FitSettings.from_args(args).sampler_options())
-    if args.render_test:
-        psnrs = render_test_views(field, sampler, scene, run_dir / "imgs_test_all", chunk=args.chunk,
-                                  white_bg=args.white_bkgd)
-        mean = sum(sum(v) for v in psnrs.values()) / max(1, sum(len(v) for v in psnrs.values()))
-        log.info("======> %s test all psnr: %.2f (renders in %s)", args.expname, mean, run_dir / "imgs_test_all")
-    if args.render_path:
-        video = render_path_views(field, sampler, scene, run_dir / "imgs_path_all", views=args.path_views,
-                                  chunk=args.chunk, white_bg=args.white_bkgd)
-        log.info("render path video: %s", video)
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         args = parse_args(argv)
         torch.manual_seed(args.seed)
-        scene = load_scene_from_args(args)
+        scene = scene_from_args(args)
         run_dir = run_directory(args)
-        config = {"num_frames": scene.num_frames, "ld_per_frame": args.ld_per_frame}
+        sampler = build_sampler(args.sampling, scene.ndc, **FitSettings.from_args(args).sampler_options())
 
         if args.render_only:
             if not args.ckpt:
                 raise ConfigError("--render_only 1 needs --ckpt PATH/ckpt-N.th")
-            field, _ = load_checkpoint(args.ckpt, device=args.device, model_name=args.model_name, config=config)
-            render_outputs(field, scene, args, run_dir)
+            field = load_field(args.ckpt, args, scene, resume=False).field
+            final_renders(field, sampler, scene, args, run_dir, test=bool(args.render_test),
+                          path=bool(args.render_path))
             return 0
 
         existing = sorted(run_dir.glob("ckpt-*.th"))
@@ -95,27 +71,18 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{run_dir} already holds a fitted NeRF ({', '.join(p.name for p in existing)}); "
                               f"nothing was changed. Resume it with --ckpt {latest}, render it with --render_only 1 "
                               f"--ckpt {latest}, or start a new run with another --expname (or --add_timestamp 1)")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        start, optimizer_state = 0, None
         if args.ckpt:
-            field, ckpt = load_checkpoint(args.ckpt, device=args.device, model_name=args.model_name, config=config)
-            check_matches_config(field, field_from_args(args, scene), args.ckpt)
-            saved = ckpt.get("instruct4d", {}).get("iteration")
-            saved = iteration_from_name(args.ckpt) if saved is None else saved
-            start = 0 if saved is None else saved + 1
-            optimizer_state = ckpt.get("optimizer")
-            log.info("resuming %s at iteration %d", run_dir, start)
+            start = load_field(args.ckpt, args, scene, resume=True, check_config=True)
+            log.info("resuming %s at iteration %d", run_dir, start.iteration)
         else:
-            field = field_from_args(args, scene)
-        if field.num_frames != scene.num_frames:
-            raise ConfigError(f"the model has {field.num_frames} frames but the scene loads {scene.num_frames}: "
-                              "set num_frames / frame_list as in the training run")
+            start = Start(field_from_args(args, scene))
+        run_dir.mkdir(parents=True, exist_ok=True)
         keep_previous_config(run_dir / "config.txt")
         write_config(args, run_dir / "config.txt")
         log.info("run directory %s", run_dir)
 
-        trainer = Trainer(field, scene, FitSettings.from_args(args), device=args.device, run_dir=run_dir,
-                          start_iteration=start, optimizer_state=optimizer_state)
+        trainer = Trainer(start.field, scene, FitSettings.from_args(args), device=args.device, run_dir=run_dir,
+                          start_iteration=start.iteration, optimizer_state=start.optimizer_state)
         try:
             trainer.train()
         except KeyboardInterrupt:
@@ -123,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("interrupted: checkpoint %s; resume with --ckpt %s", path, path)
             return 130
         trainer.save()
-        render_outputs(trainer.field, scene, args, run_dir)
+        final_renders(trainer.field, sampler, scene, args, run_dir, test=bool(args.render_test),
+                      path=bool(args.render_path))
         return 0
     except UserError as err:
         log.error("%s", err)

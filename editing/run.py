@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import logging
 import time
 from pathlib import Path
 
-import imageio.v2 as imageio
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.image_io import to_uint8, write_video
-from dataloader import load_scene
-from models import FitSettings, Trainer, build_sampler, load_checkpoint, render_image
-from models.checkpoint import iteration_from_name, latest_checkpoint
+from common.image_io import read_rgb, to_uint8, write_video
+from models import FitSettings, Trainer, build_sampler, render_image
+from models.checkpoint import latest_checkpoint
 from models.config import ConfigError, write_config
 from runner.outputs import render_path_views, render_test_views
+from runner.start import Start, load_field, scene_from_args
+from runner.start import run_directory as runner_directory
 
 from .depth_cache import DepthCache
 from .options import build_edit_parser
@@ -51,10 +50,8 @@ class Interrupted(Exception):
 
 
 def run_directory(args: argparse.Namespace) -> Path:
-    name = args.expname
-    if args.add_timestamp and not args.resume:
-        name += datetime.datetime.now().strftime("-%Y%m%d-%H%M%S")
-    return Path(args.basedir) / name
+    """``{basedir}/{expname}``, timestamped with ``--add_timestamp 1`` (not when resuming)."""
+    return runner_directory(args.basedir, args.expname, bool(args.add_timestamp) and not args.resume)
 
 
 def resolve_editor_model(args: argparse.Namespace, run_dir: Path) -> str:
@@ -127,28 +124,20 @@ class EditRun:
             warn_if_unknown_prompt(self.editor_model, args.prompt)
 
         # 1. the scene: a store of its own to edit, in shared memory
-        scene = load_scene(args.dataset_name, args.datadir, downsample=args.downsample_train,
-                           num_frames=args.num_frames or None, frame_list=args.frame_list or None,
-                           skip_cams=args.skip_cams, ndc=bool(args.ndc_ray), hold_out_test=bool(args.hold_out_test))
+        scene = scene_from_args(args)
         scene.make_editable()
         scene.share_memory_()
         self.scene = scene
 
         # 2. the NeRF: the fitted one, or the edit's last checkpoint when resuming
-        config = {"num_frames": scene.num_frames, "ld_per_frame": args.ld_per_frame}
-        original, _ = load_checkpoint(args.ckpt, device=args.device, model_name=args.model_name, config=config)
-        if original.num_frames != scene.num_frames:
-            raise ConfigError(f"{args.ckpt} models {original.num_frames} frames but the scene loads "
-                              f"{scene.num_frames}: use the config of the scene the NeRF was trained on "
-                              "(num_frames / frame_list)")
+        original = load_field(args.ckpt, args, scene, resume=False).field
         self.sampler = build_sampler(args.sampling, scene.ndc)
-        start, optimizer_state, field = 0, None, original
+        start = Start(original)
         resume_ckpt = latest_checkpoint(run_dir) if args.resume else None
         if resume_ckpt is not None:
-            field, ckpt = load_checkpoint(resume_ckpt, device=args.device, model_name=args.model_name, config=config)
-            saved = ckpt.get("instruct4d", {}).get("iteration", iteration_from_name(resume_ckpt))
-            start, optimizer_state = (saved or 0) + 1, ckpt.get("optimizer")
-            log.info("resuming the NeRF from %s (iteration %d)", resume_ckpt, start)
+            start = load_field(resume_ckpt, args, scene, resume=True)
+            log.info("resuming the NeRF from %s (iteration %d)", resume_ckpt, start.iteration)
+        field = start.field
 
         # 3. the edit's identity and state
         settings = EditSettings.from_args(args)
@@ -179,8 +168,8 @@ class EditRun:
         # 5. the trainer: the NeRF's grid stays as fitted (no upsampling), fresh schedules from iteration 0
         fit = FitSettings.from_args(args)
         fit.upsamp_list = []
-        self.trainer = Trainer(field, scene, fit, device=args.device, run_dir=run_dir, start_iteration=start,
-                               optimizer_state=optimizer_state)
+        self.trainer = Trainer(field, scene, fit, device=args.device, run_dir=run_dir,
+                               start_iteration=start.iteration, optimizer_state=start.optimizer_state)
         # the editor may need longer than n_iters: the learning rates stop decaying at their final values
         self.lr_floor = [g["lr"] * fit.lr_decay_target_ratio for g in field.param_groups(fit.lr_init, fit.lr_basis)]
         log.info("run directory %s", run_dir)
@@ -246,27 +235,22 @@ class EditRun:
                 self.editor_stats.append({"rank": rank, **note})
 
     def step(self) -> None:
-        """One NeRF iteration with logging, periodic evaluation and checkpoints."""
-        trainer, fit = self.trainer, self.trainer.settings
+        """One NeRF iteration, then the trainer's logging, evaluation and checkpoints (:meth:`Trainer.after_step`)."""
+        trainer = self.trainer
         stats = trainer.step()
         for group, floor in zip(trainer.optimizer.param_groups, self.lr_floor):
             group["lr"] = max(group["lr"], floor)
+        stats = trainer.after_step(stats)
         iteration = stats["iteration"]
         if trainer.writer is not None:
-            trainer.writer.add_scalar("train/PSNR", stats["psnr"], iteration)
             trainer.writer.add_scalar("edit/units_done", len(self.state.done), iteration)
         if self.bar is not None:
             self.bar.update(1)
-            if iteration % fit.progress_refresh_rate == 0:
+            if iteration % trainer.settings.progress_refresh_rate == 0:
                 units = sum(1 for k in self.state.done if "/" in k and k.count("/") >= 2)
                 self.bar.set_description(f"NeRF {iteration:05d}: train_psnr = {stats['psnr']:.2f}, "
                                          f"edit units {units}/{self.units_total}")
-        if fit.vis_every > 0 and fit.N_vis != 0 and iteration % fit.vis_every == fit.vis_every - 1:
-            trainer.test_psnr = trainer.evaluate(fit.N_vis, prefix=f"{iteration:06d}_", n_samples=trainer.n_samples)
-            if trainer.writer is not None:
-                trainer.writer.add_scalar("test/psnr", trainer.test_psnr, iteration)
-        if iteration % fit.checkpoint_period == 0:
-            trainer.save()
+                trainer.recent_psnr = []
 
     def fit_while_editing(self, pool: EditorPool) -> None:
         while True:
@@ -372,7 +356,7 @@ class EditRun:
             name = f"cam{scene.cam_ids[cam]:02d}"
             frames = []
             for frame in range(scene.num_frames):
-                rendered = np.asarray(imageio.imread(test_dir / name / "rgb" / f"{frame:03d}.png"))
+                rendered = read_rgb(test_dir / name / "rgb" / f"{frame:03d}.png")
                 original = to_uint8(scene.image(frame, cam, original=True))
                 edited = to_uint8(scene.image(frame, cam))
                 frames.append(np.concatenate([original, edited, rendered[..., :3]], axis=1))

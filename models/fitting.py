@@ -325,31 +325,38 @@ class Trainer:
         bar = tqdm(total=end, initial=self.iteration, disable=not progress, miniters=s.progress_refresh_rate,
                    dynamic_ncols=True)
         while self.iteration < end:
-            stats = self.step()
-            iteration = stats["iteration"]
-            self.recent_psnr.append(stats["psnr"])
-            if self.writer is not None:
-                self.writer.add_scalar("train/PSNR", stats["psnr"], iteration)
-                self.writer.add_scalar("train/mse", stats["mse"], iteration)
-                for key, value in stats.items():
-                    if key.startswith("reg"):
-                        self.writer.add_scalar(f"train/{key}", value, iteration)
-            if iteration % s.progress_refresh_rate == 0:
+            stats = self.after_step(self.step())
+            if stats["iteration"] % s.progress_refresh_rate == 0:
                 test = f"{self.test_psnr:.2f}" if self.test_psnr is not None else "-"
-                bar.set_description(f"Iteration {iteration:05d}: train_psnr = {np.mean(self.recent_psnr):.2f} "
-                                    f"test_psnr = {test} mse = {stats['mse']:.6f}")
+                bar.set_description(f"Iteration {stats['iteration']:05d}: train_psnr = "
+                                    f"{np.mean(self.recent_psnr):.2f} test_psnr = {test} mse = {stats['mse']:.6f}")
                 self.recent_psnr = []
-            if s.vis_every > 0 and s.N_vis != 0 and iteration % s.vis_every == s.vis_every - 1:
-                self.test_psnr = self.evaluate(s.N_vis, prefix=f"{iteration:06d}_", n_samples=self.n_samples)
-                stats["test_psnr"] = self.test_psnr
-                if self.writer is not None:
-                    self.writer.add_scalar("test/psnr", self.test_psnr, iteration)
-            if self.run_dir is not None and iteration % s.checkpoint_period == 0:
-                self.save()
             bar.update(1)
         bar.close()
         if self.writer is not None:
             self.writer.flush()
+        return stats
+
+    def after_step(self, stats: dict[str, float]) -> dict[str, float]:
+        """What follows every step of a run (:meth:`train`'s loop, or a caller's own loop such as the edit's):
+        TensorBoard scalars, the periodic test evaluation and the periodic checkpoint (the last two only with a
+        ``run_dir``). Returns ``stats``, with ``test_psnr`` when an evaluation ran."""
+        s = self.settings
+        iteration = stats["iteration"]
+        self.recent_psnr.append(stats["psnr"])
+        if self.writer is not None:
+            self.writer.add_scalar("train/PSNR", stats["psnr"], iteration)
+            self.writer.add_scalar("train/mse", stats["mse"], iteration)
+            for key, value in stats.items():
+                if key.startswith("reg"):
+                    self.writer.add_scalar(f"train/{key}", value, iteration)
+        if s.vis_every > 0 and s.N_vis != 0 and iteration % s.vis_every == s.vis_every - 1:
+            self.test_psnr = self.evaluate(s.N_vis, prefix=f"{iteration:06d}_", n_samples=self.n_samples)
+            stats["test_psnr"] = self.test_psnr
+            if self.writer is not None:
+                self.writer.add_scalar("test/psnr", self.test_psnr, iteration)
+        if self.run_dir is not None and iteration % s.checkpoint_period == 0:
+            self.save()
         return stats
 
     @torch.no_grad()

@@ -79,3 +79,16 @@ def render_path_views(field, sampler, scene, out_dir: str | Path, *, views: int 
     write_video(out_dir / "video.mp4", rgbs)
     write_video(out_dir / "depthvideo.mp4", depth_images)
     return out_dir / "video.mp4"
+
+
+def final_renders(field, sampler, scene, args, run_dir: Path, *, test: bool = True, path: bool = True) -> None:
+    """The renders ``--render_test`` / ``--render_path`` ask for, into ``imgs_test_all`` / ``imgs_path_all``."""
+    if test:
+        psnrs = render_test_views(field, sampler, scene, run_dir / "imgs_test_all", chunk=args.chunk,
+                                  white_bg=args.white_bkgd)
+        mean = sum(sum(v) for v in psnrs.values()) / max(1, sum(len(v) for v in psnrs.values()))
+        log.info("======> %s test all psnr: %.2f (renders in %s)", args.expname, mean, run_dir / "imgs_test_all")
+    if path:
+        video = render_path_views(field, sampler, scene, run_dir / "imgs_path_all", views=args.path_views,
+                                  chunk=args.chunk, white_bg=args.white_bkgd)
+        log.info("render path video: %s", video)
