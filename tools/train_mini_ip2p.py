@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         "ema_decay": "decay of the saved exponential moving average of the weights",
         "min_snr_gamma": "min-SNR loss weighting clamp",
         "threads": "torch threads (0: torch's default)",
+        "vae_from": "reuse the autoencoder of an earlier mini model folder (skips stage 1; its record is kept)",
     }
     for field in dataclasses.fields(MiniTrainSettings):
         parser.add_argument(f"--{field.name}", type=type(getattr(defaults, field.name)),
