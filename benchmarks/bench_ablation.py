@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ip2p_model", default=str(ROOT / "weights" / "mini-ip2p"))
     parser.add_argument("--prompt", default="make it snowy")
     parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--datadir", type=Path, default=None,
+                        help="an existing synthetic scene (e.g. data/synthetic/demo, with --ckpt log/synthetic/"
+                             "train_demo); default: render one under --out")
     parser.add_argument("--ckpt", default=None, help="a NeRF fitted to the scene (default: fit one, demo config)")
     parser.add_argument("--n_iters", type=int, default=600, help="NeRF iterations of every edit (at least)")
     parser.add_argument("--post_edit_iters", type=int, default=100, help="NeRF iterations after the editor ends")
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     out = opts.out
-    scene_dir = out / f"scene_{opts.frames}"
+    scene_dir = opts.datadir or out / f"scene_{opts.frames}"
     if not (scene_dir / "gt").is_dir():
         make_synthetic_scene(scene_dir, frames=opts.frames, videos=False)
     ckpt = Path(opts.ckpt) if opts.ckpt else out / "log" / "nerf"

@@ -6,7 +6,7 @@ Architecture (diffusers / transformers classes, saved in the layout of ``timbroo
 - ``AutoencoderKL`` with 3 levels: latents are 1/4 of the image size, 4 channels;
 - ``UNet2DConditionModel`` with 8 input channels (noisy latent + image latent) and cross-attention transformer
   blocks at its two coarser levels, so ``attn1`` (self-attention, where the anchor processor acts) and ``attn2``
-  (text) exist; the text also enters through the time embedding (``addition_embed_type="text"``);
+  (text) exist;
 - a 2-layer ``CLIPTextModel`` with the byte-level BPE tokenizer of :mod:`ip2p_models.tiny`;
 - Stable Diffusion's noise schedule (scaled-linear betas, 1000 steps): DDPM training, a DDIM scheduler saved.
 
@@ -84,9 +84,6 @@ def build_models(seed: int = 0):
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=TEXT_WIDTH, attention_head_dim=4, norm_num_groups=16,
-        # the instruction also enters through the time embedding (attention-pooled text): a global path a small
-        # model learns in a few hundred steps, where cross-attention alone left the prompts nearly ignored
-        addition_embed_type="text", addition_embed_type_num_heads=4,
     )
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer.get_vocab()), hidden_size=TEXT_WIDTH, intermediate_size=2 * TEXT_WIDTH,
