@@ -81,7 +81,8 @@ def edit_args(run_dir: Path, datadir: str | None):
     config = run_dir / "config.txt"
     if not config.is_file():
         raise EvaluationError(f"{run_dir} has no config.txt: pass the run directory stream_edit.py wrote")
-    argv = ["--config", str(config)] + (["--datadir", datadir] if datadir else [])
+    # --resume: a run's config.txt does not record its checkpoint (edit_state.json does); only the options are read
+    argv = ["--config", str(config), "--resume"] + (["--datadir", datadir] if datadir else [])
     try:
         return parse_edit_args(argv)
     except ConfigError as err:

@@ -132,11 +132,17 @@ PARENT_SCRIPT = textwrap.dedent("""
     from editing.processes import EditorPool
 
     def edit_forever(ctx):
+        ctx.report(ready=True)
         while True:
             time.sleep(0.1)
 
     if __name__ == "__main__":
         pool = EditorPool(edit_forever, torch.zeros(2, 2), [(), ()]).start()
+        ready = 0
+        while ready < 2:  # both editors are running (imports done) before the trainer dies
+            pool.poll()
+            ready += len(pool.take_notes())
+            time.sleep(0.1)
         print(" ".join(str(p.pid) for p in pool.procs), flush=True)
         time.sleep(600)
 """)
