@@ -27,7 +27,7 @@ from .store import ImageStore
 
 log = logging.getLogger(__name__)
 
-STAGES = ("keyframe", "time", "keytime", "views")
+STAGES = ("keyframe", "time", "keytime", "views", "perframe", "anchor")
 
 
 @dataclass

@@ -153,7 +153,7 @@ def test_bad_input_is_named(edit_argv, fitted, tmp_path, caplog):
     with caplog.at_level(logging.ERROR, logger="stream_edit"):
         assert stream_edit.main(edit_argv("a", "--ckpt", str(tmp_path / "missing.th"))) == 2
         assert "missing.th not found" in caplog.text
-        assert stream_edit.main(edit_argv("b", "--num_frames", "2")) == 2
+        assert stream_edit.main(edit_argv("b", "--num_frames", "2", "--editor", "editing_targets:counting_editor")) == 2
         assert "models 4 frames but the scene loads 2" in caplog.text
         assert stream_edit.main(edit_argv("c", "--resume")) == 2
         assert "holds no edit to continue" in caplog.text
@@ -220,3 +220,18 @@ def test_readme_edit_command_parses():
     args = parse_edit_args(shlex.split(command)[2:])
     assert args.prompt == "What if it was painted by Van Gogh?" and args.guidance_scale == 9.5
     assert args.restview_refine_num_steps == 700 and args.expname == "edit_coffee_50_2"
+
+
+@pytest.mark.parametrize("schedule, units, calls", [("perframe", 6, 12), ("anchor", 3, 3)])
+def test_baseline_schedules_end_to_end(edit_argv, tmp_path, monkeypatch, schedule, units, calls):
+    """The ablation baselines: perframe edits every image alone (3 cameras x 4 frames, in units of 3 frames);
+    anchor edits each camera's frames in one anchored call."""
+    monkeypatch.setenv("EDIT_CALLS_FILE", str(tmp_path / "calls.txt"))
+    argv = edit_argv(schedule, "--editor", "editing_targets:counting_editor", "--edit_schedule", schedule,
+                     "--post_edit_iters", "5", "--n_iters", "10", "--path_views", "1")
+    assert stream_edit.main(argv) == 0
+    state = json.loads((tmp_path / "log" / schedule / "edit_state.json").read_text())
+    assert len([k for k in state["done"] if k.count("/") >= 2]) == units
+    sizes = [int(n) for n in (tmp_path / "calls.txt").read_text().split()]
+    assert len(sizes) == calls and sum(sizes) == 12  # every image edited exactly once
+    assert not (tmp_path / "log" / schedule / "cache").exists()  # no depth needed
