@@ -1,18 +1,6 @@
-"""Build a small procedural dynamic scene in the DyNeRF layout, with ground truth.
+"""Write the built-in synthetic dynamic scene (DyNeRF layout plus ground truth) into a folder.
 
-A forward-facing rig of cameras looks at a textured wall and floor with a few textured ellipsoids that
-move, rotate and deform over time. Everything is ray cast analytically with numpy, so depth, optical flow
-and occlusion are known exactly.
-
-Writes into OUT:
-    poses_bounds.npy                 [C, 17] LLFF rows (as COLMAP/DyNeRF write them)
-    camXX.mp4                        one video per camera (unless --no_videos)
-    frames/camXX/%06d.png            lossless frames, 1-based
-    gt/depth.npy                     float32 [F, C, H, W] z-depth, source world units
-    gt/cameras.npz                   c2w [C, 4, 4] (OpenGL, source world), K [C, 3, 3], height, width
-    gt/flow_fw.npy, gt/flow_bw.npy   float32 [F-1, C, H, W, 2] pixels; fw[k]: frame k -> k+1, bw[k]: k+1 -> k
-    gt/occ_fw.npy, gt/occ_bw.npy     bool [F-1, C, H, W] True where the pixel is not visible in the other frame
-    gt/meta.json                     the parameters used
+The scene and the files written are described in :mod:`dataloader.synthetic_render`.
 
 Usage:
     python tools/make_synthetic_scene.py data/synthetic/demo --cams 6 --frames 12 --width 160 --height 120
