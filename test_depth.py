@@ -38,9 +38,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from common.settings import add_settings
 from ip2p_models.cli import add_model_arguments, load_editor
 from ip2p_models.depth_warp import DEFAULT_REL_DISTANCE, View, depth_warp, warp_by_points
 from ip2p_models.image_io import fit_size, read_image, resize, save_image
+from ip2p_models.settings import RefineSettings
 from ip2p_models.warp import fill_from_warp
 
 log = logging.getLogger("test_depth")
@@ -51,9 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--source_img", type=Path, default=Path("examples/depth/0.png"), help="view to edit")
     parser.add_argument("--target_img", type=Path, default=Path("examples/depth/1.png"), help="view to warp into")
     parser.add_argument("--prompt", default="What if it was painted by Van Gogh?", help="editing instruction")
-    parser.add_argument("--guidance_scale", type=float, default=10.5, help="text guidance weight")
-    parser.add_argument("--image_guidance_scale", type=float, default=1.5, help="image guidance weight")
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps of the edit")
+    add_settings(parser, RefineSettings, ["guidance_scale", "image_guidance_scale"])
+    parser.add_argument("--steps", type=int, default=RefineSettings.diffusion_steps, help="denoising steps of the edit")
     parser.add_argument("--no_edit", action="store_true",
                         help="warp the unedited source (checks the geometry: prints the PSNR against the target)")
     parser.add_argument("--pts_path", type=Path, default=Path("examples/depth/pts_0.pt"),

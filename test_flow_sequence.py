@@ -1,9 +1,11 @@
 """Sliding-window editing of a frame sequence: flow-guided warping with anchor-aware IP2P painting.
 
-The first window of ``--sequence_length`` frames is edited from noise; each next window shares
-``--overlap_length`` frames with the previous one, its new frames are filled by warping the last edited frame
-(flow computed on the original frames; unreliable pixels keep the original) and the window is refined from noise
-level ``--painting_num_train_timesteps`` with ``--painting_diffusion_steps`` steps, the shared frame as anchor.
+The routine ``stream_edit.py`` runs (``ip2p_models.sliding_window``): the first window of ``--sequence_length``
+frames is edited from noise; each next window shares ``--overlap_length`` frames with the previous one, its new
+frames are filled by warping their predecessor's edit frame to frame (flow computed on the original frames;
+unreliable pixels keep the original) and the window is refined from noise level ``--refine_num_steps`` with
+``--refine_diffusion_steps`` steps, the shared frame as anchor. The release's names of those two options,
+``--painting_num_train_timesteps`` and ``--painting_diffusion_steps``, are accepted too.
 Writes to ``--output_dir``:
     edited/<k>.png           every edited frame (at the working size)
     window_<i>_filled.png    the editor's input of window i >= 1 (warped fills), its masks in window_<i>_mask.png
@@ -23,9 +25,11 @@ from pathlib import Path
 
 import torch
 
+from common.settings import add_settings, settings_from_args
 from ip2p_models.cli import add_flow_arguments, add_model_arguments, load_editor
 from ip2p_models.flow import make_flow
 from ip2p_models.image_io import fit_size, image_row, list_images, read_image, resize, save_image
+from ip2p_models.settings import RefineSettings
 from ip2p_models.sliding_window import Window, sliding_window_edit
 
 log = logging.getLogger("test_flow_sequence")
@@ -40,15 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overlap_length", type=int, default=1, help="frames shared by consecutive windows")
     parser.add_argument("--resize", type=int, default=512,
                         help="long side of the working size in pixels (both sides rounded down to multiples of 8)")
-    parser.add_argument("--guidance_scale", type=float, default=10.5, help="text guidance weight")
-    parser.add_argument("--image_guidance_scale", type=float, default=1.5, help="image guidance weight")
-    parser.add_argument("--diffusion_steps", type=int, default=20, help="denoising steps of the first window")
-    parser.add_argument("--painting_diffusion_steps", type=int, default=5,
-                        help="denoising steps of each later window's refinement")
-    parser.add_argument("--painting_num_train_timesteps", type=int, default=600,
-                        help="noise level T (of 1000) the refinements start from")
-    parser.add_argument("--photometric_threshold", type=float, default=0.05,
-                        help="colour tolerance of the warp's photometric check in [0, 1]; <= 0 disables it")
+    # guidance, steps, --refine_num_steps (alias --painting_num_train_timesteps), --refine_diffusion_steps (alias
+    # --painting_diffusion_steps), --photometric_threshold
+    add_settings(parser, RefineSettings)
     add_model_arguments(parser)  # --ip2p_model, --device/--ip2p_device, --ip2p_use_full_precision, ...
     add_flow_arguments(parser)  # --flow, --raft_ckpt, --raft_iters
     parser.add_argument("--seed", type=int, default=7070, help="base seed (window i uses seed + i)")
@@ -83,14 +81,10 @@ def main(argv: list[str] | None = None) -> None:
             log.info("window %d (frames %d-%d): warp reliable on %.1f%% of the new frames' pixels", window.index,
                      window.frames[0], window.frames[-1], 100 * window.masks.float().mean())
 
-    threshold = args.photometric_threshold if args.photometric_threshold > 0 else None
-    edited = sliding_window_edit(
-        editor, originals, args.prompt, flow, sequence_length=args.sequence_length,
-        overlap_length=args.overlap_length, guidance_scale=args.guidance_scale,
-        image_guidance_scale=args.image_guidance_scale, diffusion_steps=args.diffusion_steps,
-        painting_diffusion_steps=args.painting_diffusion_steps,
-        painting_num_train_timesteps=args.painting_num_train_timesteps, photometric_threshold=threshold,
-        seed=args.seed, on_window=write_window)
+    settings = settings_from_args(RefineSettings, args)
+    edited = sliding_window_edit(editor, originals, args.prompt, flow, sequence_length=args.sequence_length,
+                                 overlap_length=args.overlap_length, settings=settings, seed=args.seed,
+                                 on_window=write_window)
 
     # 4. write the frames and an overview
     for k, frame in enumerate(edited):

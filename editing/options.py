@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import configargparse
 import torch
 
+from common.settings import add_settings
 from models.config import (
     ConfigError,
     build_parser,
@@ -22,6 +23,8 @@ from models.config import (
     config_path_from_argv,
     finalize,
 )
+
+from .schedules import EditSettings
 
 SCHEDULES = ("keyframe", "keyview", "perframe", "anchor")
 
@@ -36,36 +39,21 @@ def build_edit_parser() -> configargparse.ArgumentParser:
     """The parser of ``stream_edit.py``: :func:`models.config.build_parser` plus the edit's options."""
     p = build_parser()
     p.description = "Edit a fitted 4D NeRF with an instruction (Instruct 4D-to-4D)."
-    add = p.add_argument_group("editing").add_argument
-    add("--prompt", type=str, default="", help="the instruction, e.g. 'What if it was painted by Van Gogh?'")
+    group = p.add_argument_group("editing")
+    add = group.add_argument
+    # the prompt, guidance, steps, windows, refinement levels and the seed: editing.schedules.EditSettings
+    add_settings(group, EditSettings)
     add("--edit_schedule", type=str, default="keyframe", choices=SCHEDULES,
         help="keyframe: edit frame 0 of all cameras, then each camera through time (the release); keyview: edit "
              "key cameras through time, then build the others from them (the paper); baselines for ablations: "
              "perframe (every image edited alone, no anchor, flow or depth) and anchor (anchor-aware batches per "
              "camera, no flow or depth)")
-    add("--guidance_scale", type=float, default=10.5, help="IP2P text guidance weight")
-    add("--image_guidance_scale", type=float, default=1.5, help="IP2P image guidance weight")
-    add("--diffusion_steps", type=int, default=20, help="denoising steps of a full edit")
-    add("--sequence_length", type=int, default=6, help="frames/views per anchor-aware IP2P batch (anchor included); "
-                                                       "lower it when the GPU runs out of memory")
-    add("--overlap_length", type=int, default=1, help="keyview: frames shared by consecutive windows of a key camera")
-    add("--keyframe_rounds", type=int, default=12, help="keyframe: editing rounds at the key frame")
-    add("--warp_ratio", type=float, default=0.5, help="keyframe: weight of the depth warp when blending edited views "
-                                                      "into the other cameras")
-    add("--refine_num_steps", type=int, default=600, help="noise level (of 1000) the temporal window refinement "
-                                                          "starts from")
-    add("--refine_diffusion_steps", type=int, default=4, help="denoising steps of a temporal window refinement")
-    add("--restview_refine_num_steps", type=int, default=700, help="noise level (of 1000) of the other views' "
-                                                                   "refinement")
-    add("--restview_refine_diffusion_steps", type=int, default=6, help="denoising steps of the other views' "
-                                                                       "refinement")
     add("--key_cams", type=int, action="append", default=None,
         help="keyview: camera number of a key camera (repeatable); default the camera nearest the rig's centre")
     add("--edit_rounds", type=int, default=1, help="full editing passes; pass 2 and later start from the NeRF's "
                                                    "renders (iterative dataset update)")
     add("--post_edit_iters", type=int, default=2000, help="NeRF iterations after the editor finished (at least; "
                                                           "fitting also runs to n_iters)")
-    add("--edit_seed", type=int, default=0, help="seed of the editor's noise and camera subsets")
     # editor and flow
     add("--ip2p_model", type=str, default="timbrooks/instruct-pix2pix",
         help="InstructPix2Pix weights: local diffusers folder (works offline) or hub id")

@@ -29,8 +29,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from common.settings import setting, settings_from_args
 from ip2p_models.depth_warp import View, depth_warp, depth_warp_views
-from ip2p_models.sliding_window import window_ranges
+from ip2p_models.settings import RefineSettings
+from ip2p_models.sliding_window import edit_window, plan_windows
 from ip2p_models.warp import FlowFn, fill_from_warp, propagate_by_flow
 
 from .store import ImageStore
@@ -42,29 +44,31 @@ FINAL_STRENGTH = 0.8
 
 
 @dataclass
-class EditSettings:
-    """What the schedules need of the options (the release's names; see ``editing/options.py``)."""
+class EditSettings(RefineSettings):
+    """What the schedules need of the options (the release's names); ``editing/options.py`` builds the
+    command-line options from these fields, guidance and refinement included (:class:`RefineSettings`)."""
 
-    prompt: str
-    guidance_scale: float = 10.5
-    image_guidance_scale: float = 1.5
-    diffusion_steps: int = 20
-    sequence_length: int = 6
-    overlap_length: int = 1
-    keyframe_rounds: int = 12
-    warp_ratio: float = 0.5
-    refine_num_steps: int = 600
-    refine_diffusion_steps: int = 4
-    restview_refine_num_steps: int = 700
-    restview_refine_diffusion_steps: int = 6
-    seed: int = 0
-    ndc: bool = True
-    photometric_threshold: float | None = 0.05
+    prompt: str = setting("", "the instruction, e.g. 'What if it was painted by Van Gogh?'")
+    sequence_length: int = setting(6, "frames/views per anchor-aware IP2P batch (anchor included); lower it when "
+                                      "the GPU runs out of memory")
+    overlap_length: int = setting(1, "keyview: frames shared by consecutive windows of a key camera")
+    keyframe_rounds: int = setting(12, "keyframe: editing rounds at the key frame")
+    warp_ratio: float = setting(0.5, "keyframe: weight of the depth warp when blending edited views into the other "
+                                     "cameras")
+    restview_refine_num_steps: int = setting(700, "noise level (of 1000) of the other views' refinement")
+    restview_refine_diffusion_steps: int = setting(6, "denoising steps of the other views' refinement")
+    seed: int = setting(0, "seed of the editor's noise and camera subsets", option="edit_seed")
+    ndc: bool = True  # from the fit's ndc_ray
+
+    def refine_settings(self) -> RefineSettings:
+        """What :func:`ip2p_models.sliding_window.edit_window` needs of these settings (they are one)."""
+        return self
 
     @classmethod
     def from_args(cls, args) -> EditSettings:
-        names = [f for f in cls.__dataclass_fields__ if f not in ("seed", "ndc", "photometric_threshold")]
-        return cls(**{n: getattr(args, n) for n in names}, seed=args.edit_seed, ndc=bool(args.ndc_ray))
+        settings = settings_from_args(cls, args)
+        settings.ndc = bool(args.ndc_ray)
+        return settings
 
 
 @dataclass
@@ -231,75 +235,60 @@ def edit_key_frame(editor, store: ImageStore, depth: Tensor, cameras: Cameras, s
 def time_windows(num_frames: int, s: EditSettings, anchored_on_first: bool,
                  full_first: bool) -> list[tuple[list[int], list[int]]]:
     """The windows of :func:`edit_through_time`: ``(frames edited together, frames written)`` for each."""
-    L = s.sequence_length
-    if anchored_on_first:
-        out = []
-        start = 1
-        if full_first:
-            first = list(range(min(L, num_frames)))
-            out.append((first, first))
-            start = len(first)
-        return out + [([KEY_FRAME, *b], b) for b in batches(list(range(start, num_frames)), L - 1)]
-    done = 0 if full_first else 1
-    out = []
-    for r in window_ranges(num_frames, L, s.overlap_length, done):
-        frames = list(r)
-        out.append((frames, [f for f in frames if f >= done]))
-        done = frames[-1] + 1
-    return out
+    return plan_windows(num_frames, s.sequence_length, s.overlap_length, anchored_on_first=anchored_on_first,
+                        full_first=full_first)
+
+
+def time_key(pass_index: int, cam_id: int, new: Sequence[int]) -> str:
+    return f"pass{pass_index}/time/cam{cam_id:02d}/frames{new[0]:03d}-{new[-1]:03d}"
 
 
 def time_keys(num_frames: int, cam_id: int, s: EditSettings, pass_index: int, anchored_on_first: bool,
               full_first: bool) -> list[str]:
-    return [f"pass{pass_index}/time/cam{cam_id:02d}/frames{new[0]:03d}-{new[-1]:03d}"
-            for _, new in time_windows(num_frames, s, anchored_on_first, full_first)]
+    return [time_key(pass_index, cam_id, new) for _, new in time_windows(num_frames, s, anchored_on_first, full_first)]
+
+
+class CameraFrames:
+    """One camera of the image store as :class:`ip2p_models.sliding_window.Frames`."""
+
+    def __init__(self, store: ImageStore, cam: int):
+        self.store, self.cam = store, cam
+
+    def current(self, frames: Sequence[int]) -> Tensor:
+        return self.store.get(list(frames), self.cam)
+
+    def original(self, frames: Sequence[int]) -> Tensor:
+        return self.store.original(list(frames), self.cam)
+
+    def write(self, frames: Sequence[int], images: Tensor) -> None:
+        self.store.put(list(frames), self.cam, images)
 
 
 def edit_through_time(editor, store: ImageStore, flow: FlowFn, cam: int, cam_id: int, s: EditSettings,
                       pass_index: int, units: Units, *, anchored_on_first: bool = True,
                       full_first: bool = False) -> None:
-    """Edit one camera's frames in windows, each new frame first filled by flow-warping the previous one.
-
-    Each new frame of a window is filled by warping the previous frame's edit with flow computed on the original
-    frames (where the forward-backward and photometric checks fail it keeps what the store holds); the window is
-    then refined from noise level ``refine_num_steps`` with ``refine_diffusion_steps`` steps.
+    """Edit one camera's frames with the flow-guided sliding window (:mod:`ip2p_models.sliding_window`).
 
     Args:
         anchored_on_first: the ``keyframe`` schedule: windows of ``sequence_length - 1`` new frames, the camera's
-            edited frame 0 prepended as the anchor. Otherwise the sliding window of ``ip2p_models.sliding_window``:
-            windows of ``sequence_length`` frames overlapping by ``overlap_length``, the first (edited) frame the
-            anchor.
+            edited frame 0 prepended as the anchor. Otherwise overlapping windows of ``sequence_length`` frames
+            (``overlap_length`` shared), the first (edited) frame the anchor.
         full_first: edit the first window from noise (a key camera's first pass); else frame 0 is edited already.
     """
-    windows = time_windows(store.num_frames, s, anchored_on_first, full_first)
-    keys = time_keys(store.num_frames, cam_id, s, pass_index, anchored_on_first, full_first)
-    for index, ((window, new), key) in enumerate(zip(windows, keys)):
+    frames = CameraFrames(store, cam)
+    for index, (window, new) in enumerate(time_windows(store.num_frames, s, anchored_on_first, full_first)):
+        key = time_key(pass_index, cam_id, new)
         if units.is_done(key) or units.stopping():
             continue
-        if full_first and index == 0:
-            current, cond = store.get(window, cam), store.original(window, cam)
-            out = _edit(editor, current, cond, s, T=1000, steps=s.diffusion_steps, seed=_unit_seed(s, key))
-            store.put(window, cam, out)
-            units.done(key, [("input", current), ("edited", out)])
-            continue
-        # fill each new frame from its predecessor's edit (flow on the originals), then refine the window
-        previous = store.get(new[0] - 1, cam)[0]
-        filled, masks = [], []
-        for f in new:
-            warped, mask = propagate_by_flow(previous, store.original(f - 1, cam)[0], store.original(f, cam)[0],
-                                             flow, photometric_threshold=s.photometric_threshold)
-            previous = fill_from_warp(store.get(f, cam)[0], warped, mask)
-            filled.append(previous)
-            masks.append(mask)
-        head = store.get(window[:len(window) - len(new)], cam)
-        batch = torch.cat([head, torch.stack(filled)])
-        out = _edit(editor, batch, store.original(window, cam), s, T=s.refine_num_steps,
-                    steps=s.refine_diffusion_steps, seed=_unit_seed(s, key))
-        refined = out[len(window) - len(new):]
-        store.put(new, cam, refined)
-        mask_images = torch.stack(masks).float()[:, None].expand(-1, 3, -1, -1)
-        units.done(key, [("input", store.original(new, cam)), ("warped", torch.stack(filled)),
-                         ("reliable", mask_images), ("refined", refined)])
+        inputs = frames.current(window)
+        done = edit_window(editor, frames, window, new, s.prompt, flow, s.refine_settings(),
+                           seed=_unit_seed(s, key), index=index)
+        if done.filled is None:
+            units.done(key, [("input", inputs), ("edited", done.edited)])
+        else:
+            mask_images = done.masks.float()[:, None].expand(-1, 3, -1, -1)
+            units.done(key, [("input", frames.original(new)), ("warped", done.filled[len(window) - len(new):]),
+                             ("reliable", mask_images), ("refined", done.edited)])
 
 
 def per_frame_keys(num_frames: int, cam_id: int, s: EditSettings, pass_index: int) -> list[str]:

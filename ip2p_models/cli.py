@@ -7,6 +7,10 @@ from pathlib import Path
 
 import torch
 
+from common.settings import add_settings
+
+from .settings import RefineSettings
+
 DEFAULT_PROMPT = "What if it was painted by Van Gogh?"
 
 
@@ -16,10 +20,8 @@ def add_ip2p_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize", type=int, default=512,
                         help="long side in pixels (aspect kept, both sides rounded down to multiples of 64); "
                              "0 keeps the input size")
-    parser.add_argument("--steps", type=int, default=20, help="diffusion (DDIM) steps")
-    parser.add_argument("--guidance_scale", type=float, default=10.5, help="text guidance weight")
-    parser.add_argument("--image_guidance_scale", type=float, default=1.5,
-                        help="image guidance weight (higher keeps more of the input)")
+    parser.add_argument("--steps", type=int, default=RefineSettings.diffusion_steps, help="diffusion (DDIM) steps")
+    add_settings(parser, RefineSettings, ["guidance_scale", "image_guidance_scale"])
     add_model_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same edit")
 

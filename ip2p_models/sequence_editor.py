@@ -20,9 +20,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .anchor_attention import find_anchor_processor, install_anchor_attention
+from .settings import RefineSettings
 
 log = logging.getLogger(__name__)
 
+# the defaults of every edit (ip2p_models/settings.py)
+GUIDANCE, IMAGE_GUIDANCE, STEPS = (RefineSettings.guidance_scale, RefineSettings.image_guidance_scale,
+                                   RefineSettings.diffusion_steps)
 INIT_MODES = ("noise", "noisy_latent", "ddim_inv")
 BRANCHES = 3  # classifier-free guidance: text+image, image-only, unconditional
 
@@ -87,8 +91,8 @@ class IP2PEditor:
 
     # ------------------------------------------------------------------ public API
 
-    def edit_sequence(self, images: Tensor, images_cond: Tensor, prompt: str, *, guidance_scale: float = 10.5,
-                      image_guidance_scale: float = 1.5, diffusion_steps: int = 20, T: int = 1000,
+    def edit_sequence(self, images: Tensor, images_cond: Tensor, prompt: str, *, guidance_scale: float = GUIDANCE,
+                      image_guidance_scale: float = IMAGE_GUIDANCE, diffusion_steps: int = STEPS, T: int = 1000,
                       init: str = "noise", sequence_length: int | None = None, seed: int | None = None) -> Tensor:
         """Edit one frame sequence; ``images[0]`` is the anchor of every UNet batch.
 
@@ -115,9 +119,9 @@ class IP2PEditor:
                                    image_guidance_scale=image_guidance_scale, diffusion_steps=diffusion_steps, T=T,
                                    init=init, sequence_length=sequence_length, seed=seed)[0]
 
-    def edit_image(self, image: Tensor, image_cond: Tensor, prompt: str, *, guidance_scale: float = 10.5,
-                   image_guidance_scale: float = 1.5, diffusion_steps: int = 20, T: int = 1000, init: str = "noise",
-                   seed: int | None = None) -> Tensor:
+    def edit_image(self, image: Tensor, image_cond: Tensor, prompt: str, *, guidance_scale: float = GUIDANCE,
+                   image_guidance_scale: float = IMAGE_GUIDANCE, diffusion_steps: int = STEPS, T: int = 1000,
+                   init: str = "noise", seed: int | None = None) -> Tensor:
         """Plain InstructPix2Pix on one image ``[3, H, W]`` in [0, 1] -> ``[3, H, W]`` (arguments of edit_sequence)."""
         self._check_images(image, image_cond, expected_dim=3)
         return self.edit_sequence(image[None], image_cond[None], prompt, guidance_scale=guidance_scale,
@@ -125,8 +129,8 @@ class IP2PEditor:
                                   init=init, sequence_length=1, seed=seed)[0]
 
     @torch.no_grad()
-    def edit_sequences(self, images: Tensor, images_cond: Tensor, prompt: str, *, guidance_scale: float = 10.5,
-                       image_guidance_scale: float = 1.5, diffusion_steps: int = 20, T: int = 1000,
+    def edit_sequences(self, images: Tensor, images_cond: Tensor, prompt: str, *, guidance_scale: float = GUIDANCE,
+                       image_guidance_scale: float = IMAGE_GUIDANCE, diffusion_steps: int = STEPS, T: int = 1000,
                        init: str = "noise", sequence_length: int | None = None, seed: int | None = None) -> Tensor:
         """Edit S sequences of F frames at once, each with its own anchor (its frame 0) (batched :meth:`edit_sequence`).
 

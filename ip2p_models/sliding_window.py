@@ -1,19 +1,31 @@
 """Flow-guided sliding window: edit a long frame sequence window by window, consistently over time.
 
-Windows hold ``sequence_length`` frames and share ``overlap_length`` frames with the previous one. The first window
-is edited fully (from noise). In every later window the frames not edited yet are first filled by warping the last
-edited frame with flow computed on the *original* frames (where the forward-backward check fails they keep their
-current content), then the whole window is refined by the sequence editor from noise level ``T`` with a few steps,
-with the window's first (already edited) frame as the anchor. Already edited frames keep their edit.
+One routine, used by ``stream_edit.py`` (through the image store) and by the ``test_flow_sequence.py`` demo
+(through tensors). A *window* is a list of frames edited together and the *new* frames among them (at its end):
+
+- a full window (the first, when nothing is edited yet) is edited from noise;
+- otherwise each new frame is first filled by warping its predecessor's edit, frame to frame, with flow computed
+  on the *original* frames (where the forward-backward and photometric checks fail the frame keeps its current
+  content), then the whole window is refined by the sequence editor from noise level ``refine_num_steps`` with
+  ``refine_diffusion_steps`` steps, its first (already edited) frame as the anchor. Frames before the new ones
+  keep their edit.
+
+Chaining the warp frame to frame was measured against warping every new frame straight from the last edited frame
+(``benchmarks/bench_sliding_window.py``): the chained fill gave the lower temporal error on the synthetic scene,
+so it is the one kept.
+
+:func:`plan_windows` lays out the windows of both editing schedules: overlapping windows (the paper's sliding
+window) or windows that all start with one anchor frame (the release's key-frame schedule).
 
 An editor is any object with the anchor-aware IP2P call (see :class:`SequenceEditor`); frames are float
-``[F, 3, H, W]`` in [0, 1].
+``[F, 3, H, W]`` in [0, 1]. The release's demo names the refinement options ``painting_num_train_timesteps`` and
+``painting_diffusion_steps``; they are the same as ``refine_num_steps`` and ``refine_diffusion_steps``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +33,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from .settings import RefineSettings
 from .warp import FlowFn, fill_from_warp, propagate_by_flow
 
 log = logging.getLogger(__name__)
@@ -29,36 +42,74 @@ log = logging.getLogger(__name__)
 class SequenceEditor(Protocol):
     """What the sliding window needs from an editor (``ip2p_models.IP2PEditor`` has it)."""
 
-    def edit_sequence(self, images: Tensor, images_cond: Tensor, prompt: str, *, guidance_scale: float = 10.5,
-                      image_guidance_scale: float = 1.5, diffusion_steps: int = 20, T: int = 1000,
+    def edit_sequence(self, images: Tensor, images_cond: Tensor, prompt: str, *,
+                      guidance_scale: float = RefineSettings.guidance_scale,
+                      image_guidance_scale: float = RefineSettings.image_guidance_scale,
+                      diffusion_steps: int = RefineSettings.diffusion_steps, T: int = 1000,
                       init: str = "noise", seed: int | None = None, **kwargs) -> Tensor:
         """Edit ``images [F, 3, H, W]`` (``images[0]`` is the anchor) conditioned on ``images_cond``."""
         ...
 
 
+class Frames(Protocol):
+    """One camera's frames as the sliding window reads and writes them (float ``[n, 3, H, W]`` in [0, 1])."""
+
+    def current(self, frames: Sequence[int]) -> Tensor:
+        """What the frames hold now (edited frames, or what a new frame keeps where the warp is unreliable)."""
+        ...
+
+    def original(self, frames: Sequence[int]) -> Tensor:
+        """The unedited frames: the editor's condition and the flow's input."""
+        ...
+
+    def write(self, frames: Sequence[int], images: Tensor) -> None:
+        """Store the edit of ``frames``."""
+        ...
+
+
+class TensorFrames:
+    """:class:`Frames` over tensors: ``originals [F, 3, H, W]`` and the frames being edited (``edited``)."""
+
+    def __init__(self, originals: Tensor, current: Tensor | None = None):
+        if current is not None and current.shape != originals.shape:
+            raise ValueError(f"sliding window: current {tuple(current.shape)} must match originals "
+                             f"{tuple(originals.shape)}")
+        self.originals = originals
+        self.edited = (originals if current is None else current).clone()
+
+    def current(self, frames: Sequence[int]) -> Tensor:
+        return self.edited[list(frames)]
+
+    def original(self, frames: Sequence[int]) -> Tensor:
+        return self.originals[list(frames)]
+
+    def write(self, frames: Sequence[int], images: Tensor) -> None:
+        self.edited[list(frames)] = images.to(self.edited)
+
+
 @dataclass
 class Window:
-    """One step of the sliding window, handed to ``on_window`` callbacks (e.g. to write previews or a store).
+    """One edited window, handed to ``on_window`` callbacks (e.g. to write previews).
 
     Attributes:
         index: window number, 0 for the first.
-        frames: frame indices ``[n]`` of the window.
-        new: how many of them (at the end) were not edited before this window.
+        frames: frame indices of the window.
+        new: the frames (at its end) that were not edited before this window.
         filled: ``[n, 3, H, W]`` the editor's input (warped fills for the new frames), or None for a full edit.
-        masks: bool ``[new, H, W]`` where the warp was reliable, or None for a full edit.
-        edited: ``[n, 3, H, W]`` the window after editing (overlap frames keep their earlier edit).
+        masks: bool ``[len(new), H, W]`` where the warp was reliable, or None for a full edit.
+        edited: ``[len(new), 3, H, W]`` the new frames after editing.
     """
 
     index: int
     frames: list[int]
-    new: int
+    new: list[int]
     filled: Tensor | None
     masks: Tensor | None
     edited: Tensor
 
 
 def window_ranges(num_frames: int, sequence_length: int, overlap_length: int, done: int = 0) -> list[range]:
-    """Frame ranges of the windows; ``done`` frames at the start are edited already.
+    """Frame ranges of overlapping windows; ``done`` frames at the start are edited already.
 
     Windows start at ``done - overlap_length`` (or 0) and advance by ``sequence_length - overlap_length``; the last
     one may be shorter.
@@ -76,13 +127,78 @@ def window_ranges(num_frames: int, sequence_length: int, overlap_length: int, do
     return ranges
 
 
+def plan_windows(num_frames: int, sequence_length: int, overlap_length: int = 1, *, anchored_on_first: bool = False,
+                 full_first: bool = True) -> list[tuple[list[int], list[int]]]:
+    """``(frames edited together, new frames)`` of every window, in order.
+
+    Args:
+        anchored_on_first: windows of ``sequence_length - 1`` new frames with frame 0 prepended as the anchor (the
+            release's key-frame schedule); otherwise overlapping windows of ``sequence_length`` frames.
+        full_first: the first window is edited from noise; otherwise frame 0 is edited already.
+    """
+    if anchored_on_first:
+        if sequence_length < 2:
+            raise ValueError(f"sliding window: an anchored window needs sequence_length >= 2, got {sequence_length}")
+        out, start = [], 1
+        if full_first:
+            first = list(range(min(sequence_length, num_frames)))
+            out.append((first, first))
+            start = len(first)
+        rest = list(range(start, num_frames))
+        step = sequence_length - 1
+        return out + [([0, *rest[i:i + step]], rest[i:i + step]) for i in range(0, len(rest), step)]
+    done = 0 if full_first else 1
+    out = []
+    for r in window_ranges(num_frames, sequence_length, overlap_length, done):
+        frames = list(r)
+        out.append((frames, [f for f in frames if f >= done]))
+        done = frames[-1] + 1
+    return out
+
+
+def edit_window(editor: SequenceEditor, frames: Frames, window: Sequence[int], new: Sequence[int], prompt: str,
+                flow: FlowFn, settings: RefineSettings, *, seed: int | None = None, index: int = 0) -> Window:
+    """Edit one window (see the module docstring) and write its new frames; returns what was done."""
+    window, new = list(window), list(new)
+    cond = frames.original(window)
+    if new == window:  # nothing edited yet: a full edit from noise
+        out = editor.edit_sequence(frames.current(window), cond, prompt, guidance_scale=settings.guidance_scale,
+                                   image_guidance_scale=settings.image_guidance_scale,
+                                   diffusion_steps=settings.diffusion_steps, T=1000, init="noise", seed=seed)
+        out = out.float().cpu()
+        frames.write(window, out)
+        return Window(index, window, new, None, None, out)
+    # 1. fill each new frame from its predecessor's fill or edit (flow on the originals), frame to frame
+    previous = frames.current([new[0] - 1])[0]
+    originals = frames.original([new[0] - 1, *new])
+    kept = frames.current(new)
+    filled, masks = [], []
+    for i in range(len(new)):
+        warped, mask = propagate_by_flow(previous, originals[i], originals[i + 1], flow,
+                                         photometric_threshold=settings.photometric_threshold)
+        previous = fill_from_warp(kept[i], warped, mask)
+        filled.append(previous)
+        masks.append(mask)
+    # 2. refine the window from noise level T, its first (edited) frame as the anchor
+    batch = torch.cat([frames.current(window[:len(window) - len(new)]), torch.stack(filled)])
+    out = editor.edit_sequence(batch, cond, prompt, guidance_scale=settings.guidance_scale,
+                               image_guidance_scale=settings.image_guidance_scale,
+                               diffusion_steps=settings.refine_diffusion_steps,
+                               T=min(settings.refine_num_steps, 1000),
+                               init="noise" if settings.refine_num_steps >= 1000 else "noisy_latent", seed=seed)
+    refined = out.float().cpu()[len(window) - len(new):]
+    frames.write(new, refined)
+    masks = torch.stack(masks)
+    log.debug("window %d: frames %d-%d, warp reliable on %.1f%% of new pixels", index, window[0], window[-1],
+              100 * masks.float().mean())
+    return Window(index, window, new, batch, masks, refined)
+
+
 def sliding_window_edit(editor: SequenceEditor, originals: Tensor, prompt: str, flow: FlowFn, *,
-                        sequence_length: int = 5, overlap_length: int = 1, current: Tensor | None = None,
-                        anchor: Tensor | None = None, guidance_scale: float = 10.5, image_guidance_scale: float = 1.5,
-                        diffusion_steps: int = 20, painting_diffusion_steps: int = 5,
-                        painting_num_train_timesteps: int = 600, photometric_threshold: float | None = 0.05,
+                        sequence_length: int = 6, overlap_length: int = 1, current: Tensor | None = None,
+                        anchor: Tensor | None = None, settings: RefineSettings | None = None,
                         seed: int | None = None, on_window: Callable[[Window], None] | None = None) -> Tensor:
-    """Edit a frame sequence with the flow-guided sliding window.
+    """Edit a frame sequence (tensors) with the flow-guided sliding window.
 
     Args:
         editor: object with ``edit_sequence`` (see :class:`SequenceEditor`).
@@ -93,59 +209,21 @@ def sliding_window_edit(editor: SequenceEditor, originals: Tensor, prompt: str, 
         overlap_length: frames shared by consecutive windows.
         current: ``[F, 3, H, W]`` what a frame keeps where the warp is unreliable (default: ``originals``).
         anchor: ``[3, H, W]`` an already edited frame 0; then no window is edited from noise.
-        guidance_scale, image_guidance_scale: classifier-free guidance weights.
-        diffusion_steps: steps of the first, full edit.
-        painting_diffusion_steps: steps of each refinement.
-        painting_num_train_timesteps: noise level ``T`` (of 1000) the refinements start from.
-        photometric_threshold: see :func:`ip2p_models.warp.propagate_by_flow` (None: forward-backward check only).
+        settings: guidance and refinement (default :class:`RefineSettings`).
         seed: base seed; window ``k`` uses ``seed + k``.
         on_window: called with a :class:`Window` after each window.
 
     Returns:
-        ``[F, 3, H, W]`` edited frames in [0, 1], on the device and dtype of ``originals``.
+        ``[F, 3, H, W]`` edited frames in [0, 1].
     """
-    num_frames = originals.shape[0]
-    current = originals if current is None else current
-    if current.shape != originals.shape:
-        raise ValueError(f"sliding window: current {tuple(current.shape)} must match originals "
-                         f"{tuple(originals.shape)}")
-    edited = originals.clone()
-    done = 0
+    settings = settings or RefineSettings()
+    frames = TensorFrames(originals, current)
     if anchor is not None:
-        edited[0] = anchor.to(edited)
-        done = 1
-    ranges = window_ranges(num_frames, sequence_length, overlap_length, done)
-    for index, frames in enumerate(tqdm(ranges, desc="sliding window", disable=len(ranges) < 2)):
-        window_seed = None if seed is None else seed + index
-        cond = originals[frames.start:frames.stop]
-        new = frames.stop - max(done, frames.start)
-        if done == 0:
-            # 1. first window: full edit from noise
-            out = editor.edit_sequence(cond.clone(), cond, prompt, guidance_scale=guidance_scale,
-                                       image_guidance_scale=image_guidance_scale, diffusion_steps=diffusion_steps,
-                                       T=1000, init="noise", seed=window_seed)
-            edited[frames.start:frames.stop] = out.to(edited)
-            filled = masks = None
-        else:
-            # 2. fill the new frames by warping the last edited frame (flow on the original frames)
-            last = done - 1
-            filled = edited[frames.start:frames.stop].clone()
-            masks = []
-            for k in range(frames.stop - new, frames.stop):
-                warped, mask = propagate_by_flow(edited[last], originals[last], originals[k], flow,
-                                                 photometric_threshold=photometric_threshold)
-                filled[k - frames.start] = fill_from_warp(current[k], warped, mask)
-                masks.append(mask)
-            masks = torch.stack(masks)
-            # 3. refine the window from noise level T, its first (edited) frame as the anchor
-            out = editor.edit_sequence(filled, cond, prompt, guidance_scale=guidance_scale,
-                                       image_guidance_scale=image_guidance_scale,
-                                       diffusion_steps=painting_diffusion_steps, T=painting_num_train_timesteps,
-                                       init="noisy_latent", seed=window_seed)
-            edited[frames.stop - new:frames.stop] = out[len(frames) - new:].to(edited)
-            log.debug("window %d: frames %d-%d, warp reliable on %.1f%% of new pixels", index, frames.start,
-                      frames.stop - 1, 100 * masks.float().mean())
-        done = frames.stop
+        frames.write([0], anchor[None])
+    windows = plan_windows(originals.shape[0], sequence_length, overlap_length, full_first=anchor is None)
+    for index, (window, new) in enumerate(tqdm(windows, desc="sliding window", disable=len(windows) < 2)):
+        done = edit_window(editor, frames, window, new, prompt, flow, settings,
+                           seed=None if seed is None else seed + index, index=index)
         if on_window is not None:
-            on_window(Window(index, list(frames), new, filled, masks, edited[frames.start:frames.stop].clone()))
-    return edited
+            on_window(done)
+    return frames.edited.to(originals)

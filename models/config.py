@@ -22,6 +22,9 @@ import torch
 
 from common.atomic import atomic_write
 from common.errors import UserError
+from common.settings import add_settings
+
+from .settings import FitSettings
 
 log = logging.getLogger(__name__)
 
@@ -64,25 +67,13 @@ def build_parser() -> configargparse.ArgumentParser:
     add("--hold_out_test", type=int, default=0, help="1: do not fit on the test camera (cam 0), so test PSNR is on "
                                                      "an unseen view")
     add("--ndc_ray", type=int, default=0, help="1: forward-facing NDC rays (the n3dv configs)")
-    add("--white_bkgd", action="store_true", help="composite over white in training and renders")
     add("--with_depth", action="store_true", help="accepted for release configs; unused")
     add("--idx_view", type=int, default=0, help="accepted for release configs; unused")
-    # optimisation
-    add("--n_iters", type=int, default=30000, help="training iterations")
-    add("--batch_size", type=int, default=4096, help="rays per iteration (all of one frame)")
-    add("--lr_init", type=float, default=0.02, help="learning rate of the planes and lines")
-    add("--lr_basis", type=float, default=1e-3, help="learning rate of the basis matrix and shading MLP")
-    add("--lr_decay_iters", type=int, default=-1, help="iterations over which lr decays to lr * ratio; -1: n_iters")
-    add("--lr_decay_target_ratio", type=float, default=0.1, help="lr decay target ratio")
-    add("--lr_upsample_reset", type=int, default=1, help="1: reset lr to the initial values after each upsampling")
-    add("--L1_weight_inital", type=float, default=0.0, help="weight of the L1 norm of the density factors")
+    # optimisation, grid and sampling, outputs: the fitting loop's settings (models/settings.py)
+    add_settings(p, FitSettings)
     add("--L1_weight_rest", type=float, default=0.0, help="accepted for release configs (used after alpha-mask "
                                                           "updates, which are disabled)")
-    add("--Ortho_weight", type=float, default=0.0, help="weight of the orthogonality of the line factors")
-    add("--TV_weight_density", type=float, default=0.0, help="weight of the TV of the density factors")
-    add("--TV_weight_app", type=float, default=0.0, help="weight of the TV of the appearance factors")
     add("--feat_diff_weight", type=float, default=0.0, help="accepted for release configs; must be 0")
-    add("--seed", type=int, default=20211202, help="random seed (the release's value by default)")
     # model
     add("--model_name", type=str, default="StreamTensorVMSplit", help="field class: StreamTensorVMSplit or "
                                                                       "StreamTensorCP")
@@ -105,62 +96,19 @@ def build_parser() -> configargparse.ArgumentParser:
     add("--target_portion", type=int, action="append", default=[], help="accepted for release configs; unused")
     add("--share_portion_embeddings", type=int, default=1, help="accepted for release configs; unused")
     add("--portion_weight", type=float, default=0, help="accepted for release configs; must be 0")
-    # grid and sampling
-    add("--N_voxel_init", type=int, default=100**3, help="initial voxel count of the grid")
-    add("--N_voxel_final", type=int, default=300**3, help="final voxel count of the grid")
-    add("--upsamp_list", type=int, action="append", help="iterations after which the grid is upsampled")
     add("--update_AlphaMask_list", type=int, action="append", help="alpha-mask updates: only -1 (off) is supported, "
                                                                    "as in the release")
-    add("--nSamples", type=int, default=1000000, help="cap on the training samples per ray")
-    add("--step_ratio", type=float, default=0.5, help="sampling step in voxels")
-    add("--sampling", type=str, default="fast", help="ray sampler (models.sampling.SAMPLERS): dense (the "
-                                                     "release's, every sample) or fast (skips cells of an occupancy "
-                                                     "grid that are empty at every time; in NDC, fits at fewer "
-                                                     "samples placed by a coarse pass, see --importance_*)")
-    add("--occupancy_warmup", type=int, default=200, help="fast sampling: iterations of dense sampling before the "
-                                                          "first occupancy grid")
-    add("--occupancy_every", type=int, default=100, help="fast sampling: rebuild the occupancy grid from the field "
-                                                         "every this many iterations")
-    add("--occupancy_alpha", type=float, default=1e-4, help="fast sampling: a cell is empty when its opacity over "
-                                                            "one sampling step stays below this at every time")
-    add("--occupancy_cells", type=int, default=256, help="fast sampling: occupancy-grid cells per axis at most")
-    add("--occupancy_dilate", type=int, default=0, help="fast sampling: grow the occupied cells by this many "
-                                                        "cells")
-    add("--occupancy_min_transmittance", type=float, default=1e-4, help="fast sampling: also skip samples behind "
-        "matter opaque at every time, once the transmittance is surely below this; 0: off")
-    add("--importance_fine", type=float, default=0.05, help="fast sampling, NDC: fit each batch at this share of the "
-        "dense sample count, drawn where a coarse pass puts the weight (0: fit at the dense positions)")
-    add("--importance_coarse", type=float, default=0.25, help="fast sampling: share of the dense sample count of the "
-        "coarse pass (density only, no gradients)")
-    add("--importance_uniform", type=float, default=0.3, help="fast sampling: share of the fine samples' probability "
-        "spread evenly along the ray")
-    add("--importance_min_fine", type=int, default=16, help="fast sampling: fine samples per ray at least")
-    add("--importance_polish", type=float, default=0.03, help="fast sampling: share of n_iters at the end fitted at "
-        "the dense positions (occupancy grid only), so the model fits the quadrature its renders use")
-    add("--importance_volumes_mib", type=float, default=512, help="fast sampling: memory for the coarse pass's "
-        "per-frame density volumes at the grid nodes (exact, rebuilt every occupancy_every iterations); when one "
-        "volume per frame does not fit, the coarse pass evaluates the field; 0: off")
-    add("--frames_per_batch", type=int, default=0, help="frames whose rays share one batch (batch_size / this "
-                                                        "rays each); 0: 1 with --sampling dense (the release's one "
-                                                        "frame per batch), 4 with fast")
-    add("--uniform_sampling_from", type=int, default=-1, help="iteration from which pixels are drawn uniformly "
-                                                              "instead of motion-aware; -1: never")
     add("--lindisp", action="store_true", help="accepted for release configs; unused")
     add("--perturb", type=float, default=1.0, help="accepted for release configs; training always jitters")
     add("--accumulate_decay", type=float, default=0.998, help="accepted for release configs; unused")
-    # outputs
+    # run outputs
     add("--ckpt", type=str, default=None, help="checkpoint to resume from (or to render with --render_only 1)")
-    add("--ckpt_every", type=int, default=-1, help="checkpoint period in iterations; -1: n_iters // 10")
     add("--render_only", type=int, default=0, help="1: only render from --ckpt")
     add("--render_test", type=int, default=0, help="1: render the test cameras at every frame after fitting")
     add("--render_train", type=int, default=0, help="accepted for release configs; unused")
     add("--render_path", type=int, default=0, help="1: render the spiral path after fitting")
     add("--path_views", type=int, default=-1, help="views of the spiral path to render; -1: all")
     add("--export_mesh", type=int, default=0, help="accepted for release configs; unused")
-    add("--N_vis", type=int, default=5, help="test images rendered at each periodic evaluation; -1: all frames")
-    add("--vis_every", type=int, default=10000, help="periodic test evaluation every this many iterations")
-    add("--progress_refresh_rate", type=int, default=10, help="progress bar update period in iterations")
-    add("--chunk", type=int, default=4096, help="rays per chunk in full-image renders")
     add("--device", type=str, default=default_device(), help="torch device of the field, e.g. cuda:0 or cpu")
     add("--cfg_options", nargs="+", help="accepted for release command lines; not supported")
     return p

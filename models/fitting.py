@@ -12,10 +12,8 @@ from the field every ``occupancy_every`` iterations (and after each upsampling, 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,90 +31,9 @@ from .registry import build_model
 from .regularizers import density_l1, orthogonality, tv_loss
 from .rendering import render_image, render_rays
 from .sampling import FeatureVolumes, ImportanceSampler, OccupancySampler, RaySampler, build_sampler
+from .settings import FAST_BATCH_FRAMES, FitSettings  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-FAST_BATCH_FRAMES = 4  # frames per batch with fast sampling: better test PSNR per second than 1 or 12 (bench_train)
-
-
-@dataclass
-class FitSettings:
-    """Options of the fitting loop (the release's names; see ``models/config.py`` for their help)."""
-
-    n_iters: int = 30000
-    batch_size: int = 4096
-    lr_init: float = 0.02
-    lr_basis: float = 1e-3
-    lr_decay_iters: int = -1
-    lr_decay_target_ratio: float = 0.1
-    lr_upsample_reset: bool = True
-    upsamp_list: list[int] = field(default_factory=list)
-    N_voxel_init: int = 100**3
-    N_voxel_final: int = 300**3
-    nSamples: int = 1_000_000
-    step_ratio: float = 0.5
-    TV_weight_density: float = 0.0
-    TV_weight_app: float = 0.0
-    L1_weight_inital: float = 0.0
-    Ortho_weight: float = 0.0
-    white_bkgd: bool = False
-    N_vis: int = 5
-    vis_every: int = 10000
-    progress_refresh_rate: int = 10
-    ckpt_every: int = -1
-    uniform_sampling_from: int = -1
-    frames_per_batch: int = 0
-    sampling: str = "fast"
-    occupancy_warmup: int = 200
-    occupancy_every: int = 100
-    occupancy_alpha: float = 1e-4
-    occupancy_cells: int = 256
-    occupancy_dilate: int = 0
-    occupancy_min_transmittance: float = 1e-4
-    importance_coarse: float = 0.25
-    importance_fine: float = 0.05
-    importance_uniform: float = 0.3
-    importance_min_fine: int = 16
-    importance_polish: float = 0.03
-    importance_volumes_mib: float = 512
-    seed: int = 20211202
-    chunk: int = 4096
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> FitSettings:
-        """Settings from parsed options (missing ones keep their defaults)."""
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None)
-                  is not None}
-        return cls(**values)
-
-    @property
-    def decay_iters(self) -> int:
-        return self.lr_decay_iters if self.lr_decay_iters > 0 else self.n_iters
-
-    @property
-    def lr_factor(self) -> float:
-        """Per-step multiplier of the learning rates and TV weights."""
-        return self.lr_decay_target_ratio ** (1 / self.decay_iters)
-
-    @property
-    def checkpoint_period(self) -> int:
-        return self.ckpt_every if self.ckpt_every > 0 else max(1, self.n_iters // 10)
-
-    @property
-    def batch_frames(self) -> int:
-        """Frames per batch: ``frames_per_batch``, or when it is 0, 1 with dense sampling (the release) and
-        :data:`FAST_BATCH_FRAMES` with fast sampling."""
-        if self.frames_per_batch > 0:
-            return self.frames_per_batch
-        return FAST_BATCH_FRAMES if self.sampling == "fast" else 1
-
-    def sampler_options(self) -> dict:
-        """Constructor options of the ray sampler ``sampling`` (:func:`models.sampling.build_sampler`)."""
-        if self.sampling != "fast":
-            return {}
-        return {"alpha_thres": self.occupancy_alpha, "max_cells": self.occupancy_cells,
-                "dilation": self.occupancy_dilate, "min_transmittance": self.occupancy_min_transmittance}
-
 
 def field_from_args(args: argparse.Namespace, scene) -> StreamTensorBase:
     """A new field for ``scene`` from the release's options (grid at ``N_voxel_init`` in the scene box)."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ip2p_models.flow import DISFlow
-from ip2p_models.sliding_window import sliding_window_edit, window_ranges
+from ip2p_models.sliding_window import RefineSettings, plan_windows, sliding_window_edit, window_ranges
 
 
 class InvertingEditor:
@@ -33,11 +33,23 @@ def test_window_ranges():
         window_ranges(5, 3, 3)
 
 
+def test_plan_windows_of_both_schedules():
+    # overlapping windows (the paper's): the new frames are those not edited by an earlier window
+    assert plan_windows(9, 4, 1) == [([0, 1, 2, 3], [0, 1, 2, 3]), ([3, 4, 5, 6], [4, 5, 6]), ([6, 7, 8], [7, 8])]
+    assert plan_windows(5, 3, 1, full_first=False) == [([0, 1, 2], [1, 2]), ([2, 3, 4], [3, 4])]
+    # anchored windows (the release's key-frame schedule): frame 0 leads every window
+    assert plan_windows(8, 3, anchored_on_first=True, full_first=False) == [
+        ([0, 1, 2], [1, 2]), ([0, 3, 4], [3, 4]), ([0, 5, 6], [5, 6]), ([0, 7], [7])]
+    assert plan_windows(6, 3, anchored_on_first=True)[:2] == [([0, 1, 2], [0, 1, 2]), ([0, 3, 4], [3, 4])]
+    with pytest.raises(ValueError, match="sequence_length"):
+        plan_windows(6, 1, anchored_on_first=True)
+
+
 def test_sliding_window_warps_edits_forward_and_refines(synthetic_truth):
     originals = synthetic_truth["frames"][:7, 0]  # [7, 3, H, W]
     editor, windows = InvertingEditor(), []
     edited = sliding_window_edit(editor, originals, "invert", DISFlow(), sequence_length=3, overlap_length=1,
-                                 painting_diffusion_steps=4, painting_num_train_timesteps=500, seed=3,
+                                 settings=RefineSettings(refine_diffusion_steps=4, refine_num_steps=500), seed=3,
                                  on_window=windows.append)
     assert edited.shape == originals.shape
 
@@ -53,7 +65,8 @@ def test_sliding_window_warps_edits_forward_and_refines(synthetic_truth):
     assert torch.allclose(edited[:3], 1.0 - originals[:3])
 
     # 3. new frames: the warped edit where the warp is reliable, the original elsewhere (the identity refinement
-    #    keeps the fill); window 1 warps a fully inverted frame, so its reliable pixels are inverted
+    #    keeps the fill); window 1 warps a fully inverted frame, so its reliable pixels are inverted, up to the
+    #    resampling blur each chained warp adds
     for window in windows[1:]:
         for k, mask in zip(window.frames[1:], window.masks):
             assert mask.float().mean() > 0.7
@@ -61,7 +74,7 @@ def test_sliding_window_warps_edits_forward_and_refines(synthetic_truth):
             assert torch.equal(edited[k], window.filled[window.frames.index(k)])
             if window.index == 1:
                 error = (edited[k] - (1.0 - originals[k])).abs().mean(0)[mask]
-                assert error.mean() < 0.01, (k, float(error.mean()))
+                assert error.mean() < 0.007 * (k - window.frames[0]), (k, float(error.mean()))
 
 
 def test_sliding_window_with_an_edited_anchor_never_edits_from_noise(synthetic_truth):

@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         "drop_prob": "probability of each conditioning dropout (text, image, both)",
         "ema_decay": "decay of the saved exponential moving average of the weights",
         "min_snr_gamma": "min-SNR loss weighting clamp",
+        "prediction_type": "what the UNet predicts: v_prediction (default) or epsilon",
         "threads": "torch threads (0: torch's default)",
         "vae_from": "reuse the autoencoder of an earlier mini model folder (skips stage 1; its record is kept)",
     }
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = MiniTrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(MiniTrainSettings)})
     if min(settings.vae_steps, settings.unet_steps, settings.crop, settings.vae_batch, settings.unet_batch) < 1:
         parser.error("--vae_steps, --unet_steps, --crop, --vae_batch and --unet_batch must be positive")
+    if settings.prediction_type not in ("v_prediction", "epsilon"):
+        parser.error(f"--prediction_type {settings.prediction_type}: must be v_prediction or epsilon")
     if settings.crop % 4:
         parser.error(f"--crop {settings.crop}: must be a multiple of 4 (the autoencoder's downsampling)")
     record = train_mini_ip2p(args.out, settings)
