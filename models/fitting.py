@@ -26,11 +26,12 @@ from common.image_io import depth_to_color, to_uint8, write_rgb
 
 from .checkpoint import checkpoint_name, save_checkpoint
 from .fields import N_to_reso, StreamTensorBase, n_samples_for, voxel_schedule
+from .occupancy import FeatureVolumes
 from .pixel_batches import MotionSampler, UniformSampler
 from .registry import build_model
 from .regularizers import density_l1, orthogonality, tv_loss
 from .rendering import render_image, render_rays
-from .sampling import FeatureVolumes, ImportanceSampler, OccupancySampler, RaySampler, build_sampler
+from .sampling import ImportanceSampler, OccupancySampler, RaySampler, build_sampler
 from .settings import FAST_BATCH_FRAMES, FitSettings  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)

@@ -17,17 +17,15 @@ the release's sampling whatever the training sampler was.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .compositing import alpha_weights, frame_blocks, sample_weights
-from .occupancy import OccupancyGrid
+from .compositing import alpha_weights, sample_weights
+from .occupancy import FeatureVolumes, OccupancyGrid
 
 
 @dataclass
@@ -219,62 +217,6 @@ def sample_pdf(edges: Tensor, weights: Tensor, n_samples: int, uniform_mix: floa
     edge_lo, edge_hi = edges.gather(1, index - 1), edges.gather(1, index)
     share = (u - cdf_lo) / (cdf_hi - cdf_lo).clamp(min=1e-12)
     return (edge_lo + share.clamp(0, 1) * (edge_hi - edge_lo)).sort(dim=-1).values
-
-
-class FeatureVolumes:
-    """The field's density feature at its grid nodes, one volume per time, for the coarse pass of
-    :class:`ImportanceSampler`.
-
-    Inside a cell of the field's grid the density feature is the trilinear interpolation of its node values (see
-    :mod:`models.occupancy`), so a trilinear lookup in a node volume gives the field's feature exactly, as it was
-    when the volume was built: the coarse pass then costs one 3D lookup per sample instead of six plane and line
-    lookups. Volumes are built when a time is first asked for and dropped by :meth:`clear` (the trainer does so
-    every ``occupancy_every`` iterations) or when the field or its grid size changes. They are used only while one
-    volume per frame fits in ``budget_mib``; otherwise (and for fields with a release alpha mask) the coarse pass
-    evaluates the field itself.
-
-    Args:
-        num_times: distinct times that will be asked for (the scene's frames).
-        budget_mib: memory the volumes may take together; 0 turns them off.
-    """
-
-    def __init__(self, num_times: int, budget_mib: float):
-        self.num_times, self.budget_mib = max(1, int(num_times)), float(budget_mib)
-        self._volumes: dict[float, Tensor] = {}
-        self._built_for: tuple[int, tuple[int, ...]] | None = None
-
-    def usable(self, field) -> bool:
-        """Whether the volumes of ``field`` at every time fit in the budget (and the field has no alpha mask)."""
-        nodes = math.prod(int(v) for v in field.gridSize)
-        size_mib = self.num_times * nodes * 4 / 2**20
-        return 0 < size_mib <= self.budget_mib and getattr(field, "alphaMask", None) is None
-
-    def clear(self) -> None:
-        """Drop every volume (they are rebuilt from the field when next used)."""
-        self._volumes.clear()
-
-    def volume(self, field, t: float) -> Tensor:
-        """``[1, 1, Z, Y, X]`` node feature volume of ``field`` at time ``t``."""
-        key = (id(field), tuple(int(v) for v in field.gridSize))
-        if key != self._built_for:
-            self._volumes.clear()
-            self._built_for = key
-        t = float(t)
-        if t not in self._volumes:
-            with torch.no_grad():
-                self._volumes[t] = field.node_density_feature((t,) * field.factor_kinds)[None, None].float()
-        return self._volumes[t]
-
-    def feature(self, field, xyz: Tensor, t: float | Sequence[float]) -> Tensor:
-        """Density feature ``[n_rays, n_samples]`` at box-normalized points ``xyz [n_rays, n_samples, 3]`` (``[-1, 1]``
-        in the box) at time ``t``, or at one time per equal block of rays (as in :func:`models.rendering.render_rays`).
-        """
-        size, times = frame_blocks(xyz.shape[0], t)
-        values = []
-        for block, time in zip(xyz.split(size), times):
-            grid = block.reshape(1, -1, 1, 1, 3).to(torch.float32)
-            values.append(F.grid_sample(self.volume(field, time), grid, align_corners=True).view(block.shape[:-1]))
-        return torch.cat(values).to(xyz.dtype)
 
 
 class ImportanceSampler:

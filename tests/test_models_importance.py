@@ -9,7 +9,8 @@ from test_models_occupancy import TINY, rays, tiny
 from dataloader import load_scene
 from models import FitSettings, Trainer, build_sampler, field_from_args, render_rays
 from models.config import ConfigError, parse_args
-from models.sampling import FeatureVolumes, ImportanceSampler, OccupancySampler, sample_pdf
+from models.occupancy import FeatureVolumes
+from models.sampling import ImportanceSampler, OccupancySampler, sample_pdf
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
