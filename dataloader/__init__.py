@@ -11,13 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .n3dv import read_n3dv
+from .nerfies import read_nerfies
 from .scene import Scene, SceneError
 from .synthetic import read_synthetic
 
 DATASETS: dict[str, Callable[..., Scene]] = {
     "n3dv": read_n3dv,
     "n3dv_dynamic": read_n3dv,  # the release's name for the same reader
-    "synthetic": read_synthetic,
+    "synthetic": read_synthetic,  # either layout, with ground truth
+    "nerfies": read_nerfies,  # monocular captures: Nerfies, HyperNeRF, DyCheck (iPhone)
+    "dycheck": read_nerfies,
+    "iphone": read_nerfies,
+    "hypernerf": read_nerfies,
 }
 
 

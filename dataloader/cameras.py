@@ -222,3 +222,50 @@ def frustum_box(c2w: np.ndarray, K: np.ndarray, width: int, height: int, near: f
             pts.append(pose[:3, 3] + d * dirs)
     pts = np.concatenate(pts)
     return np.stack([pts.min(0), pts.max(0)])
+
+
+# --- lens distortion (the radial-tangential model of OpenCV, as the Nerfies / HyperNeRF / DyCheck cameras use it) ---
+def distort(x: Tensor, y: Tensor, coeffs: Tensor) -> tuple[Tensor, Tensor]:
+    """Distorted normalized image coordinates of undistorted ones (OpenCV axes: x right, y down).
+
+    ``coeffs = (k1, k2, k3, p1, p2)``: with ``r = x² + y²``, ``x_d = x (1 + k1 r + k2 r² + k3 r³) + 2 p1 x y +
+    p2 (r + 2 x²)`` and ``y_d = y (...) + 2 p2 x y + p1 (r + 2 y²)``.
+    """
+    k1, k2, k3, p1, p2 = (coeffs[..., i] for i in range(5))
+    r = x * x + y * y
+    radial = 1 + r * (k1 + r * (k2 + r * k3))
+    return (x * radial + 2 * p1 * x * y + p2 * (r + 2 * x * x),
+            y * radial + 2 * p2 * x * y + p1 * (r + 2 * y * y))
+
+
+def undistort(xd: Tensor, yd: Tensor, coeffs: Tensor, iterations: int = 10) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`distort` by Newton's method from the distorted point (float64 inside)."""
+    xd64, yd64, c = xd.double(), yd.double(), coeffs.double()
+    x, y = xd64.clone(), yd64.clone()
+    for _ in range(iterations):
+        x_req = x.detach().requires_grad_(True)
+        y_req = y.detach().requires_grad_(True)
+        with torch.enable_grad():
+            fx, fy = distort(x_req, y_req, c)
+            # the 2x2 Jacobian of (fx, fy) per point, from two backward passes over the sums
+            dfx = torch.autograd.grad(fx.sum(), (x_req, y_req), retain_graph=True)
+            dfy = torch.autograd.grad(fy.sum(), (x_req, y_req))
+        ex, ey = fx.detach() - xd64, fy.detach() - yd64
+        a, b, cc, d = dfx[0], dfx[1], dfy[0], dfy[1]
+        det = a * d - b * cc
+        safe = det.abs() > 1e-12
+        det = torch.where(safe, det, torch.ones_like(det))
+        x = x - torch.where(safe, (d * ex - b * ey) / det, torch.zeros_like(x))
+        y = y - torch.where(safe, (a * ey - cc * ex) / det, torch.zeros_like(y))
+    return x.to(xd.dtype), y.to(yd.dtype)
+
+
+def distorted_pixel_directions(xs: Tensor, ys: Tensor, K: Tensor, coeffs: Tensor) -> Tensor:
+    """:func:`pixel_directions` for a camera with lens distortion ``coeffs [5]`` or ``[N, 5]`` and skew ``K[0, 1]``:
+    the pixel's normalized coordinates are undistorted before they become a direction (OpenGL, z = -1)."""
+    K = K.expand(xs.shape[0], 3, 3) if K.dim() == 2 else K
+    coeffs = coeffs.expand(xs.shape[0], 5) if coeffs.dim() == 1 else coeffs
+    y = (ys.float() + 0.5 - K[:, 1, 2]) / K[:, 1, 1]
+    x = (xs.float() + 0.5 - K[:, 0, 2] - K[:, 0, 1] * y) / K[:, 0, 0]
+    x, y = undistort(x, y, coeffs)
+    return torch.stack([x, -y, -torch.ones_like(x)], dim=-1).float()

@@ -25,7 +25,8 @@ class SceneError(UserError, ValueError):
 
 @dataclass
 class Scene:
-    """A dynamic scene seen by fixed cameras.
+    """A dynamic scene seen by cameras: fixed ones (multi-view rigs) or, for monocular captures, cameras whose pose
+    changes from frame to frame (``frame_c2w``).
 
     Attributes:
         images: uint8 ``[F, C, H, W, 3]`` current images (the editor writes here). Right after loading it is
@@ -47,6 +48,10 @@ class Scene:
         world_from_source: float64 ``[4, 4]`` maps homogeneous source-world points to scene space (rescale + recentre).
         datadir: folder the scene was read from.
         gt: ground truth of synthetic scenes (``depth [F, C, H, W]`` in scene units, flows, occlusions), or None.
+        frame_c2w: float32 ``[F, C, 4, 4]`` camera-to-world of every frame when cameras move (monocular captures);
+            None for fixed cameras (then ``c2w`` is every frame's pose; with ``frame_c2w``, ``c2w`` is frame 0's).
+        distortion: float32 ``[C, 5]`` lens distortion ``(k1, k2, k3, p1, p2)`` (:func:`dataloader.cameras.distort`),
+            or None for pinhole cameras.
     """
 
     images: Tensor
@@ -67,6 +72,8 @@ class Scene:
     world_from_source: Tensor | None = None
     datadir: Path | None = None
     gt: dict[str, Tensor] | None = field(default=None, repr=False)
+    frame_c2w: Tensor | None = None
+    distortion: Tensor | None = None
 
     # -- sizes ---------------------------------------------------------------------------------------------
     @property
@@ -114,10 +121,34 @@ class Scene:
         store = self.original if original else self.images
         return store[frame, cam].float() / 255.0
 
-    # -- rays ----------------------------------------------------------------------------------------------
-    def world_rays(self, cams: Tensor, ys: Tensor, xs: Tensor) -> tuple[Tensor, Tensor]:
-        """World-space rays ``rays_o, rays_d [N, 3]`` through pixels ``(ys, xs)`` of cameras ``cams``."""
-        return cameras.rays_from_pixels(xs, ys, self.K[cams], self.c2w[cams])
+    # -- cameras and rays --------------------------------------------------------------------------------------
+    @property
+    def moving(self) -> bool:
+        """Whether camera poses change from frame to frame (a monocular capture)."""
+        return self.frame_c2w is not None
+
+    def pose(self, frame: int, cam: int) -> Tensor:
+        """``[4, 4]`` camera-to-world of camera ``cam`` at frame ``frame``."""
+        return self.frame_c2w[frame, cam] if self.frame_c2w is not None else self.c2w[cam]
+
+    def poses(self, frame: int) -> Tensor:
+        """``[C, 4, 4]`` camera-to-world of every camera at frame ``frame``."""
+        return self.frame_c2w[frame] if self.frame_c2w is not None else self.c2w
+
+    def world_rays(self, cams: Tensor, ys: Tensor, xs: Tensor, frames: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """World-space rays ``rays_o, rays_d [N, 3]`` through pixels ``(ys, xs)`` of cameras ``cams`` (at
+        ``frames``, which only matter when cameras move)."""
+        if self.frame_c2w is not None:
+            if frames is None:
+                raise ValueError("this scene's cameras move: world_rays needs the frames")
+            c2w = self.frame_c2w[frames, cams]
+        else:
+            c2w = self.c2w[cams]
+        if self.distortion is None:
+            return cameras.rays_from_pixels(xs, ys, self.K[cams], c2w)
+        dirs = cameras.distorted_pixel_directions(xs, ys, self.K[cams], self.distortion[cams])
+        rays_d = torch.einsum("nij,nj->ni", c2w[:, :3, :3], dirs)
+        return c2w[:, :3, 3].expand_as(rays_d).contiguous(), rays_d
 
     def rays(self, frames: Tensor, cams: Tensor, ys: Tensor, xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Rays of a batch of pixel indices, in the space the model samples (NDC if ``ndc``).
@@ -129,7 +160,7 @@ class Scene:
             ``rays_o [N, 3]``, ``rays_d [N, 3]``, ``times [N]``.
         """
         frames, cams, ys, xs = torch.broadcast_tensors(*(torch.as_tensor(v) for v in (frames, cams, ys, xs)))
-        rays_o, rays_d = self.world_rays(cams, ys, xs)
+        rays_o, rays_d = self.world_rays(cams, ys, xs, frames)
         if self.ndc:
             rays_o, rays_d = cameras.ndc_rays(rays_o, rays_d, self.focal, self.width, self.height)
         return rays_o, rays_d, self.times[frames]
@@ -148,9 +179,12 @@ class Scene:
             rays_o, rays_d = cameras.ndc_rays(rays_o, rays_d, float(K[0, 0]), self.width, self.height)
         return rays_o, rays_d
 
-    def image_rays(self, cam: int) -> tuple[Tensor, Tensor]:
-        """Rays of every pixel of dataset camera ``cam``, row-major ``[H * W, 3]`` each."""
-        return self.camera_rays(self.c2w[cam], self.K[cam])
+    def image_rays(self, cam: int, frame: int = 0) -> tuple[Tensor, Tensor]:
+        """Rays of every pixel of dataset camera ``cam`` (at ``frame`` when cameras move), row-major ``[H * W, 3]``."""
+        if self.frame_c2w is None and self.distortion is None:
+            return self.camera_rays(self.c2w[cam], self.K[cam])
+        ys, xs = torch.meshgrid(torch.arange(self.height), torch.arange(self.width), indexing="ij")
+        return self.rays(frame, cam, ys.reshape(-1), xs.reshape(-1))[:2]
 
     def nbytes(self) -> int:
         """Bytes held by the tensors of this scene, ground truth excluded (shared storage counted once)."""

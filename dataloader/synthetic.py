@@ -1,4 +1,5 @@
-"""Reader for scenes written by ``tools/make_synthetic_scene.py``: the DyNeRF reader plus ground truth."""
+"""Reader for scenes written by ``tools/make_synthetic_scene.py``: the DyNeRF reader (or, for a ``--monocular``
+capture, the Nerfies reader) plus ground truth."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from .n3dv import read_n3dv
+from .nerfies import read_nerfies
 from .scene import Scene, SceneError
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,10 @@ def read_synthetic(datadir: str | Path, **options) -> Scene:
         and, when the loaded frames are consecutive, ``flow_fw``/``flow_bw [F-1, C, H, W, 2]`` (pixels) and
         ``occ_fw``/``occ_bw [F-1, C, H, W]`` (True = not visible in the other frame).
     """
-    scene = read_n3dv(datadir, **options)
+    monocular = (Path(datadir) / "dataset.json").is_file()
+    if monocular:
+        options.setdefault("ndc", False)
+    scene = (read_nerfies if monocular else read_n3dv)(datadir, **options)
     gt_dir = Path(datadir) / "gt"
     missing = [name for name in GT_FILES if not (gt_dir / name).exists()]
     if missing:
@@ -40,7 +45,9 @@ def read_synthetic(datadir: str | Path, **options) -> Scene:
     depth = np.load(gt_dir / "depth.npy", mmap_mode="r")[frames][:, cams]
     gt = {
         "depth": torch.from_numpy(np.ascontiguousarray(depth) / scene.scale).float(),
-        "c2w_source": torch.from_numpy(cams_npz["c2w"][cams]).float(),
+        # [C, 4, 4], or [F, C, 4, 4] for a monocular capture (per-frame poses)
+        "c2w_source": torch.from_numpy(cams_npz["c2w"][frames][:, cams] if monocular
+                                       else cams_npz["c2w"][cams]).float(),
         "K": torch.from_numpy(cams_npz["K"][cams]).float(),
     }
     if len(frames) > 1 and np.all(np.diff(frames) == 1):

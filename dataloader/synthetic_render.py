@@ -14,7 +14,10 @@ Writes into OUT:
     gt/occ_fw.npy, gt/occ_bw.npy     bool [F-1, C, H, W] True where the pixel is not visible in the other frame
     gt/meta.json                     the parameters used
 
-Written by ``tools/make_synthetic_scene.py``; read back by :mod:`dataloader.synthetic`.
+Written by ``tools/make_synthetic_scene.py``; read back by :mod:`dataloader.synthetic`. With ``--monocular``
+(:func:`make_monocular_capture`) the same scene is written as a monocular capture in the Nerfies layout: one
+camera moving through the rig, one image per time, two static validation cameras, and ``gt/`` with per-frame
+poses.
 """
 
 from __future__ import annotations
@@ -291,3 +294,100 @@ def render_view(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     rays_o, rays_d = camera_rays(pose, K[0], width, height)
     _, _, rgb, _ = cast(rays_o, rays_d, objects, float(rng.uniform(0.0, 1.0)))
     return rgb.reshape(height, width, 3)
+
+
+def monocular_trajectory(frames: int, focus: np.ndarray = np.array([0.0, 0.0, -4.5])) -> np.ndarray:
+    """``[F, 4, 4]`` OpenGL poses of a hand-held camera: a smooth sideways arc with a little bob, facing ``focus``."""
+    poses = []
+    for s in np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1):
+        center = np.array([-0.6 + 1.2 * s, 0.12 * np.sin(2 * np.pi * s), 0.25 * np.sin(np.pi * s)])
+        z = center - focus
+        z /= np.linalg.norm(z)
+        x = np.cross([0.0, 1.0, 0.0], z)
+        x /= np.linalg.norm(x)
+        pose = np.eye(4)
+        pose[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+        pose[:3, 3] = center
+        poses.append(pose)
+    return np.stack(poses)
+
+
+def make_monocular_capture(out_dir: str | Path, frames: int = 24, width: int = 160, height: int = 120,
+                           seed: int = 0, scale: float = 0.25) -> Path:
+    """Render the scene as a monocular capture in the Nerfies layout (read by :mod:`dataloader.nerfies`).
+
+    One camera moves smoothly through the rig (:func:`monocular_trajectory`), one image per time; two static
+    validation cameras see every time. Image ids are ``{camera}_{time:05d}``. Besides the layout's files it writes
+    ``gt/`` as :func:`make_synthetic_scene` does, with per-frame poses: ``cameras.npz`` holds ``c2w [F, C, 4, 4]``
+    (source world), ``K [C, 3, 3]``, ``height``, ``width``; ``depth.npy`` is ``[F, C, H, W]``; flows and
+    occlusions ``[F-1, C, H, W(, 2)]`` follow the moving camera from one frame to the next.
+    """
+    if frames < 2 or width < 8 or height < 8:
+        raise ValueError(f"make_monocular_capture: need frames >= 2 and at least 8x8, got {frames}, {width}x{height}")
+    import imageio.v3 as iio
+
+    from .nerfies import camera_to_json
+
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    objects = make_objects(rng)
+    statics, K_rig = make_rig(2, width, height)
+    poses = np.concatenate([monocular_trajectory(frames)[:, None], np.repeat(statics[None], frames, axis=0)], axis=1)
+    streams = poses.shape[1]
+    K = np.repeat(K_rig[:1], streams, axis=0)
+    times = np.linspace(0.0, 1.0, frames)
+
+    depth = np.zeros((frames, streams, height, width), np.float32)
+    images = np.zeros((frames, streams, height, width, 3), np.uint8)
+    flow_fw = np.zeros((frames - 1, streams, height, width, 2), np.float32)
+    flow_bw = np.zeros_like(flow_fw)
+    occ_fw = np.zeros((frames - 1, streams, height, width), bool)
+    occ_bw = np.zeros_like(occ_fw)
+    points = []
+    for c in range(streams):
+        casts = []
+        for f, t in enumerate(times):
+            rays_o, rays_d = camera_rays(poses[f, c], K[c], width, height)
+            casts.append(cast(rays_o, rays_d, objects, t))
+            depth[f, c] = casts[-1][0].reshape(height, width)
+            images[f, c] = np.round(casts[-1][2].reshape(height, width, 3) * 255).astype(np.uint8)
+            points.append(rays_o[::7] + casts[-1][0][::7, None] * rays_d[::7])
+        for f in range(frames - 1):
+            (d0, i0, _, l0), (d1, i1, _, l1) = casts[f], casts[f + 1]
+            flow_fw[f, c], occ_fw[f, c] = flow_between(i0, l0, times[f + 1], objects, poses[f + 1, c], K[c], d1, i1,
+                                                       width, height)
+            flow_bw[f, c], occ_bw[f, c] = flow_between(i1, l1, times[f], objects, poses[f, c], K[c], d0, i0,
+                                                       width, height)
+
+    # the layout: images, one camera file per image, the id lists, the scene's normalization
+    points = np.concatenate(points)
+    center = 0.5 * (points.min(0) + points.max(0))
+    (out / "rgb" / "1x").mkdir(parents=True, exist_ok=True)
+    (out / "camera").mkdir(exist_ok=True)
+    (out / "gt").mkdir(exist_ok=True)
+    ids = [[f"{c}_{f:05d}" for c in range(streams)] for f in range(frames)]
+    metadata = {}
+    for f in range(frames):
+        for c in range(streams):
+            iio.imwrite(out / "rgb" / "1x" / f"{ids[f][c]}.png", images[f, c])
+            camera = camera_to_json(poses[f, c], K[c], [0.0] * 5, (width, height))
+            (out / "camera" / f"{ids[f][c]}.json").write_text(json.dumps(camera, indent=1))
+            metadata[ids[f][c]] = {"warp_id": f, "appearance_id": f, "camera_id": c}
+    train = [ids[f][0] for f in range(frames)]
+    val = [ids[f][c] for f in range(frames) for c in range(1, streams)]
+    (out / "dataset.json").write_text(json.dumps({"count": len(metadata), "num_exemplars": len(train),
+                                                  "ids": train + val, "train_ids": train, "val_ids": val}, indent=1))
+    (out / "metadata.json").write_text(json.dumps(metadata, indent=1))
+    margin = 0.05 * (points.max(0) - points.min(0))
+    (out / "scene.json").write_text(json.dumps({
+        "center": center.tolist(), "scale": scale, "near": float(depth.min() * 0.9 * scale),
+        "far": float(depth.max() * 1.1 * scale),
+        "bbox": [(points.min(0) - margin).tolist(), (points.max(0) + margin).tolist()]}, indent=1))
+    np.save(out / "gt" / "depth.npy", depth)
+    np.savez(out / "gt" / "cameras.npz", c2w=poses, K=K, height=height, width=width)
+    for name, array in (("flow_fw", flow_fw), ("flow_bw", flow_bw), ("occ_fw", occ_fw), ("occ_bw", occ_bw)):
+        np.save(out / "gt" / f"{name}.npy", array)
+    meta = dict(monocular=True, frames=frames, width=width, height=height, seed=seed, wall_z=WALL_Z, floor_y=FLOOR_Y,
+                times=times.tolist(), streams=["moving", "static 1", "static 2"])
+    (out / "gt" / "meta.json").write_text(json.dumps(meta, indent=2))
+    return out

@@ -71,7 +71,7 @@ class DepthCache:
         for cam in tqdm(range(scene.num_cams), desc=f"depth at frame {frame}", leave=False):
             depth = render_image(self.field, self.sampler, scene, frame, cam, chunk=self.chunk)["depth"].cpu()
             depths.append(depth)
-            points.append(depth_to_points(depth, scene.K[cam], scene.c2w[cam], ndc=scene.ndc))
+            points.append(depth_to_points(depth, scene.K[cam], scene.pose(frame, cam), ndc=scene.ndc))
         data = {"depth": torch.stack(depths).float(), "points": torch.stack(points).float(),
                 "identity": self.identity, "frame": frame, "ndc": bool(scene.ndc)}
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,7 @@ def render_image(field, sampler: RaySampler, scene, frame: int | None = None, ca
     if c2w is not None:
         rays_o, rays_d = scene.camera_rays(c2w)
     elif cam is not None:
-        rays_o, rays_d = scene.image_rays(cam)
+        rays_o, rays_d = scene.image_rays(cam, frame if frame is not None else 0)
     else:
         raise ValueError("render_image needs a camera index cam or a free camera c2w")
     out = render_chunked(field, sampler, rays_o, rays_d, t, n_samples=n_samples or field.n_samples_full,
