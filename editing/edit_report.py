@@ -227,15 +227,17 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions) -> dict:
     # 4. what the metrics use: flow, depth, camera pairs, the target, CLIP
     flow = temporal_flow(scene, options)
     depths = scene_depths(scene, original_ckpt, args, out / "depth")
-    pairs = nearest_camera_pairs(depths.c2w, options.neighbours)
+    # a monocular capture's cameras are not a rig: no cross-view pairs (its validation cameras are never edited)
+    pairs = [] if scene.moving else nearest_camera_pairs(depths.c2w, options.neighbours)
     instruction = find_instruction(args.prompt)
     target_fn = instruction.reference if instruction is not None else None
     caption_pair = captions(args.prompt, options.source_caption, options.target_caption)
 
     # 5. the four image sets
     all_cams = list(range(scene.num_cams))
+    data_cams = list(scene.train_cams) if scene.moving else all_cams
     render_cams = {"all": all_cams, "test": list(scene.test_cams), "none": []}[options.renders]
-    sets = [("original frames", original, all_cams), ("edited dataset", edited, all_cams)]
+    sets = [("original frames", original, data_cams), ("edited dataset", edited, data_cams)]
     if render_cams and original_ckpt is not None:
         sets.insert(1, ("original NeRF", render_all(original_ckpt, scene, args, render_cams,
                                                     out / "renders_original.npy"), render_cams))

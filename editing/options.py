@@ -26,7 +26,7 @@ from models.config import (
 
 from .schedules import EditSettings
 
-SCHEDULES = ("keyframe", "keyview", "perframe", "anchor")
+SCHEDULES = ("keyframe", "keyview", "monocular", "perframe", "anchor")
 
 
 def default_ip2p_device() -> str:
@@ -43,11 +43,12 @@ def build_edit_parser() -> configargparse.ArgumentParser:
     add = group.add_argument
     # the prompt, guidance, steps, windows, refinement levels and the seed: editing.schedules.EditSettings
     add_settings(group, EditSettings)
-    add("--edit_schedule", type=str, default="keyframe", choices=SCHEDULES,
-        help="keyframe: edit frame 0 of all cameras, then each camera through time (the release); keyview: edit "
-             "key cameras through time, then build the others from them (the paper); baselines for ablations: "
-             "perframe (every image edited alone, no anchor, flow or depth) and anchor (anchor-aware batches per "
-             "camera, no flow or depth)")
+    add("--edit_schedule", type=str, default=None, choices=SCHEDULES,
+        help="keyframe (default for multi-view scenes): edit frame 0 of all cameras, then each camera through time "
+             "(the release); keyview: edit key cameras through time, then build the others from them (the paper); "
+             "monocular (default, and the only full schedule, for a monocular capture): the video is one pseudo-view "
+             "edited through time with the sliding window; baselines for ablations: perframe (every image edited "
+             "alone, no anchor, flow or depth) and anchor (anchor-aware batches per camera, no flow or depth)")
     add("--key_cams", type=int, action="append", default=None,
         help="keyview: camera number of a key camera (repeatable); default the camera nearest the rig's centre")
     add("--edit_rounds", type=int, default=1, help="full editing passes; pass 2 and later start from the NeRF's "

@@ -70,6 +70,20 @@ def resolve_editor_model(args: argparse.Namespace, run_dir: Path) -> str:
     return args.ip2p_model
 
 
+def choose_schedule(asked: str | None, scene) -> str:
+    """The edit schedule: ``asked``, checked against the scene, or the scene's default (``monocular`` for a
+    capture whose camera moves from frame to frame, else ``keyframe``)."""
+    if asked is None:
+        return "monocular" if scene.moving else "keyframe"
+    if scene.moving and asked in ("keyframe", "keyview"):
+        raise ConfigError(f"edit_schedule = {asked} needs cameras fixed over time; this scene is a monocular "
+                          "capture (one moving camera): use --edit_schedule monocular (or leave it unset)")
+    if not scene.moving and asked == "monocular":
+        raise ConfigError("edit_schedule = monocular is for monocular captures (a camera that moves from frame to "
+                          "frame); this scene's cameras are fixed: use keyframe or keyview")
+    return asked
+
+
 class EditRun:
     """Everything one ``stream_edit.py`` invocation does; :meth:`run` returns the exit code.
 
@@ -123,11 +137,12 @@ class EditRun:
 
             warn_if_unknown_prompt(self.editor_model, args.prompt)
 
-        # 1. the scene: a store of its own to edit, in shared memory
+        # 1. the scene: a store of its own to edit, in shared memory; the schedule that suits it
         scene = scene_from_args(args)
         scene.make_editable()
         scene.share_memory_()
         self.scene = scene
+        args.edit_schedule = choose_schedule(args.edit_schedule, scene)
 
         # 2. the NeRF: the fitted one, or the edit's last checkpoint when resuming
         original = load_field(args.ckpt, args, scene, resume=False).field
@@ -196,12 +211,18 @@ class EditRun:
         def split(cams: list[int]) -> list[list[int]]:
             return [cams[i::workers] for i in range(min(workers, len(cams)))]
 
+        # a monocular capture's validation cameras are never fitted, so never edited
+        edited = list(scene.train_cams) if scene.moving else list(range(C))
         if args.edit_schedule == "perframe":
-            cams = list(range(C))
+            cams = edited
             return [("perframe", split(cams), [k for c in cams for k in per_frame_keys(F, ids[c], s, pass_index)])]
         if args.edit_schedule == "anchor":
-            cams = list(range(C))
+            cams = edited
             return [("anchor", split(cams), [k for c in cams for k in anchored_keys(ids[c], pass_index)])]
+        if args.edit_schedule == "monocular":
+            # the video is one pseudo-view: a full edit of the first window, then the sliding window through time
+            units = [k for c in edited for k in time_keys(F, ids[c], s, pass_index, False, pass_index == 0)]
+            return [("keytime", split(edited), units)]
         if args.edit_schedule == "keyframe":
             cams = list(range(C))
             time_units = [k for c in cams for k in time_keys(F, ids[c], s, pass_index, True, False)]

@@ -219,3 +219,69 @@ def test_fit_monocular_capture_beats_a_floor_on_the_validation_cameras(tmp_path,
     # the validation cameras were never fitted; a blank grey guess scores about 11 dB on this scene
     assert set(values) == {"cam01", "cam02"}
     assert min(values.values()) > 15.0, values
+
+
+MONO_EDIT = """
+prompt = make it purple
+ip2p_device = cpu
+sequence_length = 3
+diffusion_steps = 2
+refine_num_steps = 600
+refine_diffusion_steps = 2
+post_edit_iters = 10
+editor_threads = 1
+edit_save_every = 0
+render_path = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def mono_fitted(tmp_path_factory):
+    """A monocular capture (6 frames at 48x36) and a tiny NeRF fitted to it: ``(capture, checkpoint)``."""
+    import stream_train
+
+    root = tmp_path_factory.mktemp("mono_fit")
+    capture = make_monocular_capture(root / "capture", frames=6, width=48, height=36)
+    (root / "train.txt").write_text(MONO_CONFIG)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    assert stream_train.main(["--config", str(root / "train.txt"), "--datadir", str(capture), "--basedir", str(root),
+                              "--expname", "nerf", "--render_test", "0", "--n_iters", "120"]) == 0
+    torch.set_num_threads(before)
+    return capture, root / "nerf" / "ckpt-119.th"
+
+
+def test_monocular_edit_schedule_end_to_end(mono_fitted, tmp_path, one_thread):
+    import stream_edit
+    from editing.evaluation import ground_truth_flow, temporal_warp_errors
+
+    capture, ckpt = mono_fitted
+    config = tmp_path / "edit.txt"
+    config.write_text(MONO_CONFIG + MONO_EDIT)
+
+    def argv(name, *extra):
+        return ["--config", str(config), "--datadir", str(capture), "--basedir", str(tmp_path / "log"), "--expname",
+                name, "--ckpt", str(ckpt), "--editor", "editing.toy_editors:colour_shift", "--n_iters", "10", *extra]
+
+    # 1. a multi-view schedule is refused before any work, the monocular one is chosen by default
+    assert stream_edit.main(argv("refused", "--edit_schedule", "keyframe")) == 2
+    assert not (tmp_path / "log" / "refused" / "edit_state.json").exists()
+    assert stream_edit.main(argv("mono")) == 0
+    run = tmp_path / "log" / "mono"
+    assert "edit_schedule = monocular" in (run / "config.txt").read_text()
+    state = json.loads((run / "edit_state.json").read_text())
+    assert sorted(k for k in state["done"] if "/time/" in k) == [
+        "pass0/time/cam00/frames000-002", "pass0/time/cam00/frames003-004", "pass0/time/cam00/frames005-005"]
+    edited = np.load(run / "edited_images.npy")
+    scene = load_scene("synthetic", capture)
+    # the validation cameras are never edited; the moving camera's every frame is
+    assert np.array_equal(edited[:, 1:], scene.original[:, 1:].numpy())
+    assert (np.abs(edited[:, 0].astype(int) - scene.original[:, 0].numpy()).mean(axis=(1, 2, 3)) > 5).all()
+
+    # 2. more consistent over time than editing every frame alone
+    assert stream_edit.main(argv("perframe", "--edit_schedule", "perframe")) == 0
+    perframe = np.load(tmp_path / "log" / "perframe" / "edited_images.npy")
+    flow = ground_truth_flow(scene.gt)
+    mono_error = np.nanmean(temporal_warp_errors(edited, flow, cams=[0]))
+    perframe_error = np.nanmean(temporal_warp_errors(perframe, flow, cams=[0]))
+    assert mono_error < 0.8 * perframe_error, (mono_error, perframe_error)
