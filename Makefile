@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 DEMO_SCENE := data/synthetic/demo
+MONO_SCENE := data/synthetic/monocular
 
-.PHONY: venv test demo lint clean-demo
+.PHONY: venv test demo demo-monocular lint clean-demo
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,5 +37,17 @@ demo: $(STAMP)
 	@echo "demo done: fitted NeRF in log/synthetic/train_demo/, edited NeRF in log/synthetic/edit_demo/"
 	@echo "  (side_by_side_cam00.mp4, imgs_test_all/cam00/video.mp4, imgs_path_all/video.mp4, previews/, eval/)"
 
+# The same on a monocular capture: one camera moving through the scene (Nerfies layout), fitted in box mode, edited
+# with the monocular schedule, scored over time.
+demo-monocular: $(STAMP)
+	$(PY) tools/make_synthetic_scene.py $(MONO_SCENE) --monocular --frames 24
+	$(PY) -m dataloader.describe --dataset_name synthetic --datadir $(MONO_SCENE)
+	test -n "$$(ls log/synthetic/train_monocular/ckpt-*.th 2>/dev/null)" || \
+		$(PY) stream_train.py --config configs/synthetic/train_monocular.txt --datadir $(MONO_SCENE)
+	$(PY) stream_edit.py --config configs/synthetic/edit_monocular.txt --datadir $(MONO_SCENE) \
+		$$(test -f log/synthetic/edit_monocular/edit_state.json && echo --resume)
+	$(PY) tools/evaluate_edit.py log/synthetic/edit_monocular
+	@echo "monocular demo done: fitted NeRF in log/synthetic/train_monocular/, edited NeRF in log/synthetic/edit_monocular/"
+
 clean-demo:
-	rm -rf $(DEMO_SCENE) log/synthetic
+	rm -rf $(DEMO_SCENE) $(MONO_SCENE) log/synthetic
