@@ -121,7 +121,8 @@ def kill_edit(work: Path, scene: Path, nerf: Path, victim: str) -> dict:
     state = json.loads((run_dir / "edit_state.json").read_text())
     recorded = len([k for k in state["done"] if k.count("/") >= 2])
     after_kill = len(calls.read_text().split())
-    code, _, _ = run("stream_edit.py", args + ["--resume"], env={**env, "EDIT_SLEEP": "0"})
+    # the killed run asked for 100000 iterations to keep fitting while the editor worked; the resume asks for few
+    code, _, _ = run("stream_edit.py", args + ["--resume", "--n_iters", "20"], env={**env, "EDIT_SLEEP": "0"})
     redone = len(calls.read_text().split()) - after_kill
     total = 8
     return {"case": f"kill -9 of the {'trainer' if victim == 'main' else 'editor'} during an edit, --resume",

@@ -7,6 +7,7 @@ Each case checks the exit code, the message, and a before/after checksum of the 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -251,3 +252,57 @@ def test_kills_during_checkpoint_writes_leave_readable_checkpoints(tmp_path):
     remove_stale_temporaries(tmp_path, "ckpt-*.th")
     assert not list(tmp_path.glob(".*.tmp"))
     assert latest_checkpoint(tmp_path) is not None
+
+
+# --- kill -9 of the whole edit, then --resume ------------------------------------------------------------------------
+def test_kill_9_of_the_edit_then_resume_loses_at_most_one_window(small_scene_dir, tmp_path):
+    """The main process is killed after 3 edit units; its editor follows it within seconds; --resume redoes at most
+    one unit (the one in flight) and finishes."""
+    from test_stream_edit import EDIT_CONFIG
+    from test_stream_train import CONFIG as TRAIN_CONFIG
+
+    (tmp_path / "train.txt").write_text(TRAIN_CONFIG)
+    assert stream_train.main(["--config", str(tmp_path / "train.txt"), "--datadir", str(small_scene_dir),
+                              "--basedir", str(tmp_path), "--expname", "nerf", "--render_test", "0",
+                              "--render_path", "0", "--n_iters", "20"]) == 0
+    (tmp_path / "edit.txt").write_text(EDIT_CONFIG)
+    argv = ["--config", str(tmp_path / "edit.txt"), "--datadir", str(small_scene_dir), "--basedir",
+            str(tmp_path / "log"), "--expname", "edit", "--ckpt", str(tmp_path / "nerf"), "--editor",
+            "editing_targets:counting_editor", "--n_iters", "100000", "--post_edit_iters", "5", "--path_views", "1"]
+    calls = tmp_path / "calls.txt"
+    env = {**os.environ, "EDIT_CALLS_FILE": str(calls), "EDIT_SLEEP": "1.0",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    main = subprocess.Popen([sys.executable, str(ROOT / "stream_edit.py"), *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while (not calls.exists() or len(calls.read_text().split()) < 3) and time.monotonic() < deadline:
+            assert main.poll() is None, "the edit ended before it could be killed"
+            time.sleep(0.2)
+        editors = [int(p) for p in subprocess.run(["pgrep", "-P", str(main.pid)], capture_output=True,
+                                                  text=True).stdout.split()]
+        main.send_signal(signal.SIGKILL)
+        main.wait(timeout=10)
+    finally:
+        main.kill()
+    before = len(calls.read_text().split())
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in editors) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(p) for p in editors), "an editor outlived the killed edit"
+    orphan_calls = len(calls.read_text().split()) - before  # what an orphan kept doing after the kill
+    assert orphan_calls <= 1
+    state = json.loads((tmp_path / "log" / "edit" / "edit_state.json").read_text())
+    recorded = [k for k in state["done"] if k.count("/") >= 2]
+    calls.write_text("")
+    os.environ["EDIT_CALLS_FILE"] = str(calls)
+    try:
+        # the killed run asked for 100000 iterations only to keep fitting while the editor worked: the resume asks
+        # for few (it would otherwise fit for 100000 iterations)
+        assert stream_edit.main(argv + ["--resume", "--n_iters", "20"]) == 0
+    finally:
+        del os.environ["EDIT_CALLS_FILE"]
+    redone = len(calls.read_text().split())
+    total = 8  # 2 key-frame rounds + 3 cameras x 2 windows (see test_stream_edit)
+    lost = before + orphan_calls + redone - total
+    assert redone == total - len(recorded) and 0 <= lost <= 1, (before, len(recorded), redone)
