@@ -7,6 +7,7 @@ is then a sequence of times and the rays are grouped by frame in ``len(t)`` equa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from .sampling import RaySamples
 
 WEIGHT_EPS = 1e-10
+EARLY_STOP_SEGMENT = 64  # samples per step of early ray termination (see sample_weights)
 
 
 def alpha_weights(sigma: Tensor, dists: Tensor) -> tuple[Tensor, Tensor]:
@@ -89,19 +91,37 @@ def per_frame(fn: Callable[[Tensor, float], Tensor], xyz: Tensor, mask: Tensor, 
     return torch.cat([fn(x[m], time) for x, m, time in zip(xyz.split(size), mask.split(size), times)])
 
 
-def sample_weights(field, samples: RaySamples, xyz: Tensor, t: Times) -> Tensor:
+def sample_weights(field, samples: RaySamples, xyz: Tensor, t: Times, stop_below: float = 0.0,
+                   segment: int = EARLY_STOP_SEGMENT) -> Tensor:
     """Compositing weights ``[n_rays, n_samples]`` of ``samples`` at time(s) ``t``: density at the valid samples (and
     inside a release checkpoint's alpha mask), zero elsewhere.
 
     Args:
         samples: from a ray sampler; xyz: ``samples.xyz`` box-normalized (:meth:`normalize_coord`).
+        stop_below: early ray termination (renders without gradients only): the density is evaluated ``segment``
+            samples at a time along the rays, and a ray whose transmittance has fallen below ``stop_below`` is not
+            evaluated further (its later samples get density 0: together they could carry at most ``stop_below``
+            of the ray's weight). 0: every valid sample is evaluated (the release's renders).
     """
     valid = samples.valid
     if field.alphaMask is not None:
         masked = valid.clone()
         masked[valid] = field.alphaMask.sample_alpha(samples.xyz[valid]) > 0
         valid = masked
+    dists = samples.dists * field.distance_scale
     # empty selections are fine below (no `.any()` checks: each would wait for the device)
     sigma = torch.zeros(valid.shape, device=xyz.device, dtype=xyz.dtype)
-    sigma[valid] = per_frame(field.density, xyz, valid, t)
-    return alpha_weights(sigma, samples.dists * field.distance_scale)[1]
+    if stop_below <= 0 or torch.is_grad_enabled() or valid.shape[1] <= segment:
+        sigma[valid] = per_frame(field.density, xyz, valid, t)
+        return alpha_weights(sigma, dists)[1]
+    dists = dists.expand(valid.shape)
+    optical_depth = torch.zeros(valid.shape[0], device=xyz.device, dtype=xyz.dtype)
+    limit = -math.log(stop_below)
+    for start in range(0, valid.shape[1], segment):
+        part = slice(start, start + segment)
+        todo = valid[:, part] & (optical_depth < limit)[:, None]
+        block = torch.zeros(todo.shape, device=xyz.device, dtype=xyz.dtype)
+        block[todo] = per_frame(field.density, xyz[:, part], todo, t)
+        sigma[:, part] = block
+        optical_depth = optical_depth + (block * dists[:, part]).sum(-1)
+    return alpha_weights(sigma, dists)[1]

@@ -34,7 +34,10 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
     """
     samples = sampler(field, rays_o, rays_d, n_samples, train, generator, t=t)
     xyz = field.normalize_coord(samples.xyz)
-    weights = sample_weights(field, samples, xyz, t)
+    # renders with the fast sampler stop each ray once its transmittance is negligible (the dense sampler is the
+    # release's reference: every sample)
+    stop_below = 0.0 if train else getattr(sampler, "early_stop", 0.0)
+    weights = sample_weights(field, samples, xyz, t, stop_below=stop_below)
 
     app_mask = weights > field.rayMarch_weight_thres
     rgb = torch.zeros((*weights.shape, 3), device=rays_o.device, dtype=rays_o.dtype)

@@ -158,6 +158,8 @@ class OccupancySampler:
         self.dense = DenseSampler(ndc)
         self.alpha_thres, self.max_cells, self.dilation = float(alpha_thres), int(max_cells), int(dilation)
         self.min_transmittance = float(min_transmittance)
+        # renders stop each ray once its transmittance is below this (models.compositing.sample_weights)
+        self.early_stop = float(min_transmittance)
         self.grid: OccupancyGrid | None = None
         self._built_for: tuple[int, list[int]] | None = None
 
