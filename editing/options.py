@@ -15,6 +15,7 @@ import configargparse
 import torch
 
 from common.settings import add_settings
+from ip2p_models.settings import DEFAULT_IP2P_MODEL
 from models.config import (
     ConfigError,
     build_parser,
@@ -56,7 +57,7 @@ def build_edit_parser() -> configargparse.ArgumentParser:
     add("--post_edit_iters", type=int, default=2000, help="NeRF iterations after the editor finished (at least; "
                                                           "fitting also runs to n_iters)")
     # editor and flow
-    add("--ip2p_model", type=str, default="timbrooks/instruct-pix2pix",
+    add("--ip2p_model", type=str, default=DEFAULT_IP2P_MODEL,
         help="InstructPix2Pix weights: local diffusers folder (works offline) or hub id")
     add("--ip2p_device", type=str, default=default_ip2p_device(),
         help="editor device(s), comma-separated for several editor processes, e.g. cuda:1,cuda:2")

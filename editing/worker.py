@@ -11,6 +11,8 @@ from functools import lru_cache
 import torch
 from tqdm.auto import tqdm
 
+from ip2p_models.settings import DEFAULT_IP2P_MODEL
+
 from .depth_cache import load_depth
 from .previews import write_preview
 from .schedules import (
@@ -35,7 +37,7 @@ class EditorSpec:
     """Which editor to build: ``ip2p`` (with the loader's options) or ``module:factory`` (called without arguments)."""
 
     name: str = "ip2p"
-    model: str = "timbrooks/instruct-pix2pix"
+    model: str = DEFAULT_IP2P_MODEL
     device: str = "cpu"
     full_precision: bool = False
     sequence_length: int | None = None

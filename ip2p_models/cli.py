@@ -9,7 +9,7 @@ import torch
 
 from common.settings import add_settings
 
-from .settings import RefineSettings
+from .settings import DEFAULT_IP2P_MODEL, RefineSettings
 
 DEFAULT_PROMPT = "What if it was painted by Van Gogh?"
 
@@ -28,7 +28,7 @@ def add_ip2p_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags that choose the IP2P weights and where and how they run."""
-    parser.add_argument("--ip2p_model", default="timbrooks/instruct-pix2pix",
+    parser.add_argument("--ip2p_model", default=DEFAULT_IP2P_MODEL,
                         help="InstructPix2Pix weights: a local diffusers folder (works offline) or a hub id "
                              "(needs the network once)")
     parser.add_argument("--device", "--ip2p_device", dest="device",

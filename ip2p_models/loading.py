@@ -11,10 +11,10 @@ import torch
 from common.errors import UserError
 
 from .sequence_editor import IP2PEditor
+from .settings import DEFAULT_IP2P_MODEL
 
 log = logging.getLogger(__name__)
 
-DEFAULT_IP2P_MODEL = "timbrooks/instruct-pix2pix"
 PIPELINE_LAYOUT = "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/"
 
 

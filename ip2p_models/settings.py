@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from common.settings import setting
 
+DEFAULT_IP2P_MODEL = "timbrooks/instruct-pix2pix"  # the real InstructPix2Pix weights (hub id)
+
 
 @dataclass
 class RefineSettings:
