@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +99,8 @@ class EditRun:
         self.last_save = time.monotonic()
         self.bar: tqdm | None = None
         self.units_total = 0
-        self.editor_stats: list[dict] = []  # per finished editor process: stage, unet_evals, peak_rss_mib
+        self.editor_stats: list[dict] = []  # per finished editor process: stage, unet_evals, peak_rss_mib, times
+        self.timing: defaultdict[str, float] = defaultdict(float)  # wall seconds by part (report_timing)
 
     # -- setup -------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -279,9 +282,13 @@ class EditRun:
             self.take_notes(pool)
             if pool.done:
                 return
+            start = time.monotonic()
             self.step()
+            self.timing["NeRF iterations while editing"] += time.monotonic() - start
             if time.monotonic() - self.last_save > self.args.edit_save_every:
+                start = time.monotonic()
                 self.save_state()
+                self.timing["saving the edited images"] += time.monotonic() - start
 
     def refresh_from_nerf(self, pass_index: int) -> None:
         """Pass 2 and later start from the NeRF's renders: write them into the store (iterative dataset update)."""
@@ -312,12 +319,14 @@ class EditRun:
                 log.info("pass %d, stage %s: %d of %d unit(s) to edit with %d editor process(es)", pass_index, stage,
                          todo, len(keys), len(cam_sets))
                 jobs = [(self.job(stage, pass_index, cams, rank),) for rank, cams in enumerate(cam_sets)]
+                stage_start = time.monotonic()
                 pool = EditorPool(run_editor, self.scene.images, jobs, lock=self.lock).start()
                 try:
                     self.fit_while_editing(pool)
                 finally:
                     pool.shutdown()
                     self.take_notes(pool)
+                    self.timing["editing stages (wall)"] += time.monotonic() - stage_start
                 missing = [k for k in keys if not state.is_done(k)]
                 if missing:
                     raise EditorFailed(f"stage {stage} of pass {pass_index} ended with {len(missing)} unit(s) not "
@@ -327,7 +336,9 @@ class EditRun:
 
     def run(self) -> int:
         args = self.args
+        started = time.monotonic()
         self.setup()
+        self.timing["setup (scene, NeRF, depth renders)"] = time.monotonic() - started
         self.lock = torch.multiprocessing.get_context("spawn").Lock()
         trainer = self.trainer
         self.bar = tqdm(initial=trainer.iteration, total=trainer.settings.n_iters, position=0, dynamic_ncols=True,
@@ -340,8 +351,10 @@ class EditRun:
                     self.save_state()
                 target = max(trainer.settings.n_iters, self.state.info["edit_end"] + args.post_edit_iters)
                 self.bar.total = target
+                start = time.monotonic()
                 while trainer.iteration < target:
                     self.step()
+                self.timing["NeRF iterations after the edit"] += time.monotonic() - start
             except KeyboardInterrupt as err:
                 raise Interrupted from err
         except (EditorFailed, Interrupted) as err:
@@ -362,8 +375,22 @@ class EditRun:
         self.bar.close()
         trainer.save()
         self.save_state()
+        start = time.monotonic()
         self.write_outputs()
+        self.timing["final renders and videos"] = time.monotonic() - start
+        self.timing["total"] = time.monotonic() - started
+        self.report_timing()
         return 0
+
+    def report_timing(self) -> None:
+        """Where the wall time went (also ``timing.json`` in the run directory): the editor processes' own work
+        against everything around it."""
+        t = dict(self.timing)
+        t["editor processes: loading models (max)"] = max((s.get("load_s") or 0.0 for s in self.editor_stats),
+                                                           default=0.0)
+        t["editor processes: editing (sum of stages)"] = sum(s.get("edit_s") or 0.0 for s in self.editor_stats)
+        (self.run_dir / "timing.json").write_text(json.dumps({k: round(v, 2) for k, v in t.items()}, indent=2) + "\n")
+        log.info("wall time: %s", "; ".join(f"{k} {v:.1f} s" for k, v in t.items()))
 
     # -- outputs -----------------------------------------------------------------------------------------------
     def write_outputs(self) -> None:

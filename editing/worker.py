@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -107,6 +108,7 @@ def run_editor(ctx, job: EditJob) -> None:
         torch.set_num_threads(job.threads)
     if job.stage not in STAGES:
         raise ValueError(f"unknown editing stage {job.stage!r}")
+    started = time.monotonic()
     editor = job.editor.build()
     flow = None
     if job.stage != "keyframe":
@@ -129,9 +131,11 @@ def run_editor(ctx, job: EditJob) -> None:
         ctx.report(done=key)
 
     units = Units(job.done, report=report, preview=preview, stop=ctx.stop.is_set)
+    loaded = time.monotonic()
     run_stage(job, editor, flow, store, units)
     bar.close()
-    ctx.report(stage=job.stage, unet_evals=getattr(editor, "unet_evals", None), peak_rss_mib=peak_rss_mib())
+    ctx.report(stage=job.stage, unet_evals=getattr(editor, "unet_evals", None), peak_rss_mib=peak_rss_mib(),
+               load_s=loaded - started, edit_s=time.monotonic() - loaded)
 
 
 def peak_rss_mib() -> float:

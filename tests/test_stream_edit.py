@@ -107,6 +107,10 @@ def test_keyframe_edit_end_to_end(edit_argv, small_scene_dir, tmp_path, monkeypa
     # the resolved config reads back with the edit's parser
     args = parse_args(["--config", str(run / "config.txt")], parser=build_edit_parser())
     assert args.prompt == "make it purple" and args.edit_schedule == "keyframe"
+    # where the wall time went: the editor's own work next to everything around it
+    timing = json.loads((run / "timing.json").read_text())
+    assert timing["editor processes: editing (sum of stages)"] > 0 and timing["NeRF iterations after the edit"] > 0
+    assert timing["total"] >= timing["editing stages (wall)"] + timing["setup (scene, NeRF, depth renders)"]
 
 
 def test_keyview_edit_with_the_tiny_ip2p_model(edit_argv, small_scene_dir, tmp_path, tiny_ip2p_dir):
