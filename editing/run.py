@@ -311,14 +311,18 @@ class EditRun:
                 self.refresh_from_nerf(pass_index)
                 state.mark_done(renders_key)
                 self.save_state()
-            for stage, cam_sets, keys in stages:
-                stage_key = f"pass{pass_index}/{stage}"
-                if state.is_done(stage_key):
-                    continue
-                todo = sum(1 for k in keys if not state.is_done(k))
-                log.info("pass %d, stage %s: %d of %d unit(s) to edit with %d editor process(es)", pass_index, stage,
-                         todo, len(keys), len(cam_sets))
-                jobs = [(self.job(stage, pass_index, cams, rank),) for rank, cams in enumerate(cam_sets)]
+            todo = [(stage, cam_sets, keys) for stage, cam_sets, keys in stages
+                    if not state.is_done(f"pass{pass_index}/{stage}")]
+            # one editor process for all stages (loaded once) when each stage has one; else a pool per stage
+            groups = [todo] if todo and all(len(sets) == 1 for _, sets, _ in todo) else [[s_] for s_ in todo]
+            for group in groups:
+                for stage, cam_sets, keys in group:
+                    left = sum(1 for k in keys if not state.is_done(k))
+                    log.info("pass %d, stage %s: %d of %d unit(s) to edit with %d editor process(es)", pass_index,
+                             stage, left, len(keys), len(cam_sets))
+                ranks = len(group[0][1])
+                jobs = [tuple(self.job(stage, pass_index, cam_sets[rank], rank) for stage, cam_sets, _ in group)
+                        for rank in range(ranks)]
                 stage_start = time.monotonic()
                 pool = EditorPool(run_editor, self.scene.images, jobs, lock=self.lock).start()
                 try:
@@ -327,11 +331,12 @@ class EditRun:
                     pool.shutdown()
                     self.take_notes(pool)
                     self.timing["editing stages (wall)"] += time.monotonic() - stage_start
-                missing = [k for k in keys if not state.is_done(k)]
-                if missing:
-                    raise EditorFailed(f"stage {stage} of pass {pass_index} ended with {len(missing)} unit(s) not "
-                                       f"done, e.g. {missing[0]}")
-                state.mark_done(stage_key)
+                for stage, _, keys in group:
+                    missing = [k for k in keys if not state.is_done(k)]
+                    if missing:
+                        raise EditorFailed(f"stage {stage} of pass {pass_index} ended with {len(missing)} unit(s) "
+                                           f"not done, e.g. {missing[0]}")
+                    state.mark_done(f"pass{pass_index}/{stage}")
                 self.save_state()
 
     def run(self) -> int:

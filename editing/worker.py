@@ -100,42 +100,47 @@ class EditJob:
     progress: bool = True
 
 
-def run_editor(ctx, job: EditJob) -> None:
-    """Editor process target (:class:`editing.processes.EditorPool`): run ``job`` and report finished units."""
+def run_editor(ctx, *jobs: EditJob) -> None:
+    """Editor process target (:class:`editing.processes.EditorPool`): run ``jobs`` (stages of one pass, in order) with
+    one editor and flow model, loaded once, and report finished units."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s editor-{ctx.rank} %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    if job.threads > 0:
-        torch.set_num_threads(job.threads)
-    if job.stage not in STAGES:
-        raise ValueError(f"unknown editing stage {job.stage!r}")
+    first = jobs[0]
+    if first.threads > 0:
+        torch.set_num_threads(first.threads)
+    unknown = [job.stage for job in jobs if job.stage not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown editing stage {unknown[0]!r}")
     started = time.monotonic()
-    editor = job.editor.build()
+    editor = first.editor.build()
     flow = None
-    if job.stage != "keyframe":
+    if any(job.stage != "keyframe" for job in jobs):
         from ip2p_models.flow import make_flow
 
-        flow = make_flow(job.flow.get("name"), job.flow.get("raft_ckpt"), device=job.editor.device,
-                         iters=job.flow.get("iters"))
-    store = ImageStore(ctx.images, job.originals, ctx.lock)
-    bar = tqdm(desc=f"editor {ctx.rank}: {job.stage} pass {job.pass_index}", position=ctx.rank + 1, unit="unit",
-               disable=not job.progress, leave=False)
-    count = {"units": 0}
-
-    def preview(key: str, rows) -> None:
-        count["units"] += 1
-        if job.preview_dir and job.preview_every > 0 and (count["units"] - 1) % job.preview_every == 0:
-            write_preview(job.preview_dir, key, rows)
-
-    def report(key: str) -> None:
-        bar.update(1)
-        ctx.report(done=key)
-
-    units = Units(job.done, report=report, preview=preview, stop=ctx.stop.is_set)
+        flow = make_flow(first.flow.get("name"), first.flow.get("raft_ckpt"), device=first.editor.device,
+                         iters=first.flow.get("iters"))
     loaded = time.monotonic()
-    run_stage(job, editor, flow, store, units)
-    bar.close()
-    ctx.report(stage=job.stage, unet_evals=getattr(editor, "unet_evals", None), peak_rss_mib=peak_rss_mib(),
-               load_s=loaded - started, edit_s=time.monotonic() - loaded)
+    count = {"units": 0}
+    for job in jobs:
+        store = ImageStore(ctx.images, job.originals, ctx.lock)
+        bar = tqdm(desc=f"editor {ctx.rank}: {job.stage} pass {job.pass_index}", position=ctx.rank + 1,
+                   unit="unit", disable=not job.progress, leave=False)
+
+        def preview(key: str, rows, job=job) -> None:
+            count["units"] += 1
+            if job.preview_dir and job.preview_every > 0 and (count["units"] - 1) % job.preview_every == 0:
+                write_preview(job.preview_dir, key, rows)
+
+        def report(key: str, bar=bar) -> None:
+            bar.update(1)
+            ctx.report(done=key)
+
+        run_stage(job, editor, flow, store, Units(job.done, report=report, preview=preview, stop=ctx.stop.is_set))
+        bar.close()
+        if ctx.stop.is_set():
+            break
+    ctx.report(stage="+".join(job.stage for job in jobs), unet_evals=getattr(editor, "unet_evals", None),
+               peak_rss_mib=peak_rss_mib(), load_s=loaded - started, edit_s=time.monotonic() - loaded)
 
 
 def peak_rss_mib() -> float:
