@@ -11,8 +11,9 @@ One routine, used by ``stream_edit.py`` (through the image store) and by the ``t
   keep their edit.
 
 Chaining the warp frame to frame was measured against warping every new frame straight from the last edited frame
-(``benchmarks/bench_sliding_window.py``): the chained fill gave the lower temporal error on the synthetic scene,
-so it is the one kept.
+(``benchmarks/bench_sliding_window.py``, synthetic scene, the mini IP2P's "make it snowy"): temporal warp error
+0.0530 against 0.0531, the same within the seeds' spread. The chained fill is kept: it is what ``stream_edit.py``
+always ran (its resumable units and previews stay as they were), and its short-range flow needs no long jumps.
 
 :func:`plan_windows` lays out the windows of both editing schedules: overlapping windows (the paper's sliding
 window) or windows that all start with one anchor frame (the release's key-frame schedule).
