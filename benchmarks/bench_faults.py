@@ -104,7 +104,7 @@ def kill_edit(work: Path, scene: Path, nerf: Path, victim: str) -> dict:
             "--expname", run_dir.name, "--ckpt", str(nerf), "--editor", "editing_targets:counting_editor",
             "--n_iters", "100000", "--post_edit_iters", "5", "--path_views", "1"]
     env = {**ENV, "EDIT_CALLS_FILE": str(calls), "EDIT_SLEEP": "1.0"}
-    before_nerf = digest(nerf.parent, scene)
+    before_nerf = digest(nerf, scene)
     proc = subprocess.Popen([sys.executable, str(ROOT / "stream_edit.py"), *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while (not calls.exists() or len(calls.read_text().split()) < 3) and proc.poll() is None:
@@ -127,7 +127,7 @@ def kill_edit(work: Path, scene: Path, nerf: Path, victim: str) -> dict:
     total = 8
     return {"case": f"kill -9 of the {'trainer' if victim == 'main' else 'editor'} during an edit, --resume",
             "survived": code == 0 and not orphans, "units_lost": after_kill + redone - total,
-            "harmed": len([k for k, v in digest(nerf.parent, scene).items() if before_nerf.get(k) != v]),
+            "harmed": len([k for k, v in digest(nerf, scene).items() if before_nerf.get(k) != v]),
             "detail": f"exit {exit_code} after the kill ({killed_at} units done, {recorded} recorded), "
                       f"{len(orphans)} editor(s) left running, resume exit {code}, {redone} unit(s) edited then"}
 
