@@ -296,20 +296,23 @@ def render_view(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     return rgb.reshape(height, width, 3)
 
 
+def look_at(position, target) -> np.ndarray:
+    """``[4, 4]`` OpenGL camera-to-world at ``position`` looking at ``target`` (y up)."""
+    z = np.asarray(position, dtype=np.float64) - np.asarray(target, dtype=np.float64)
+    z /= np.linalg.norm(z)
+    x = np.cross([0.0, 1.0, 0.0], z)
+    x /= np.linalg.norm(x)
+    pose = np.eye(4)
+    pose[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+    pose[:3, 3] = position
+    return pose
+
+
 def monocular_trajectory(frames: int, focus: np.ndarray = np.array([0.0, 0.0, -4.5])) -> np.ndarray:
     """``[F, 4, 4]`` OpenGL poses of a hand-held camera: a smooth sideways arc with a little bob, facing ``focus``."""
-    poses = []
-    for s in np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1):
-        center = np.array([-0.6 + 1.2 * s, 0.12 * np.sin(2 * np.pi * s), 0.25 * np.sin(np.pi * s)])
-        z = center - focus
-        z /= np.linalg.norm(z)
-        x = np.cross([0.0, 1.0, 0.0], z)
-        x /= np.linalg.norm(x)
-        pose = np.eye(4)
-        pose[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
-        pose[:3, 3] = center
-        poses.append(pose)
-    return np.stack(poses)
+    steps = np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1)
+    return np.stack([look_at([-0.6 + 1.2 * s, 0.12 * np.sin(2 * np.pi * s), 0.25 * np.sin(np.pi * s)], focus)
+                     for s in steps])
 
 
 def make_monocular_capture(out_dir: str | Path, frames: int = 24, width: int = 160, height: int = 120,

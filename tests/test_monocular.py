@@ -9,25 +9,14 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from test_stream_train import CONFIG
 
 from dataloader import SceneError, load_scene
 from dataloader.nerfies import camera_to_json, read_camera
-from dataloader.synthetic_render import make_monocular_capture
+from dataloader.synthetic_render import look_at, make_monocular_capture
 
 CENTER = np.array([0.3, -0.2, 1.5])
 SCALE = 0.5
-
-
-def look_at(position, target) -> np.ndarray:
-    """OpenGL camera-to-world at ``position`` looking at ``target``."""
-    z = np.asarray(position, float) - np.asarray(target, float)
-    z /= np.linalg.norm(z)
-    x = np.cross([0.0, 1.0, 0.0], z)
-    x /= np.linalg.norm(x)
-    pose = np.eye(4)
-    pose[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
-    pose[:3, 3] = position
-    return pose
 
 
 def nerfies_project(camera: dict, point: np.ndarray) -> np.ndarray:
@@ -177,32 +166,12 @@ def test_synthetic_monocular_capture(tmp_path):
     assert torch.equal(scene.frame_c2w[0, 1:], scene.frame_c2w[4, 1:])
 
 
-MONO_CONFIG = """
-dataset_name = synthetic
-ndc_ray = 0
-ld_per_frame = 0.5
-n_iters = 300
-batch_size = 512
-N_voxel_init = 4096 # 16**3
-N_voxel_final = 32768 # 32**3
-upsamp_list = [100]
-update_AlphaMask_list = [-1]
-step_ratio = 1.0
-N_vis = 1
-vis_every = 1000
-render_test = 1
-render_path = 0
-n_lamb_sigma = [4,2,2]
-n_lamb_sh = [8,4,4]
-featureC = 32
-shadingMode = MLP_Fea
-fea2denseAct = relu
-view_pe = 0
-fea_pe = 0
-TV_weight_density = 1.0
-TV_weight_app = 1.0
-device = cpu
-"""
+# the tiny fit of test_stream_train, in box mode, a little larger (monocular novel views need it)
+MONO_CONFIG = (CONFIG.replace("ndc_ray = 1", "ndc_ray = 0").replace("n_iters = 30", "n_iters = 300")
+               .replace("batch_size = 256", "batch_size = 512").replace("N_voxel_final = 8000", "N_voxel_final = 32768")
+               .replace("upsamp_list = [15]", "upsamp_list = [100]").replace("step_ratio = 2.0", "step_ratio = 1.0")
+               .replace("vis_every = 20", "vis_every = 1000").replace("ckpt_every = 10", "ckpt_every = -1")
+               .replace("render_path = 1", "render_path = 0").replace("featureC = 16", "featureC = 32"))
 
 
 def test_fit_monocular_capture_beats_a_floor_on_the_validation_cameras(tmp_path, one_thread):
