@@ -143,6 +143,38 @@ def test_reader_bad_input(tmp_path):
         load_scene("iphone", root)
     with pytest.raises(SceneError, match="frame_list"):
         load_scene("hypernerf", write_capture(tmp_path / "capture3"), frame_list=[7])
+    # the files of the layout, each missing or wrong, named
+    root = write_capture(tmp_path / "capture4")
+    (root / "dataset.json").unlink()
+    with pytest.raises(SceneError, match="dataset.json"):
+        load_scene("nerfies", root)
+    root = write_capture(tmp_path / "capture5")
+    (root / "camera" / "0_00002.json").unlink()
+    with pytest.raises(SceneError, match="0_00002.json"):
+        load_scene("nerfies", root)
+    root = write_capture(tmp_path / "capture6")
+    iio.imwrite(root / "rgb" / "1x" / "0_00003.png", np.zeros((10, 12, 3), np.uint8))
+    with pytest.raises(SceneError, match="0_00003.png"):
+        load_scene("nerfies", root)
+    # several training cameras at one time (a rig) and per-frame poses do not mix
+    root = write_capture(tmp_path / "capture7")
+    dataset = json.loads((root / "dataset.json").read_text())
+    dataset["train_ids"].append("1_00001")
+    (root / "dataset.json").write_text(json.dumps(dataset))
+    with pytest.raises(SceneError, match="share time id 1"):
+        load_scene("nerfies", root)
+
+
+def test_stream_train_names_a_bad_capture_and_exits_2(tmp_path, caplog):
+    import stream_train
+
+    root = write_capture(tmp_path / "capture")
+    (root / "dataset.json").unlink()
+    (tmp_path / "train.txt").write_text(MONO_CONFIG)
+    with caplog.at_level("ERROR"):
+        assert stream_train.main(["--config", str(tmp_path / "train.txt"), "--datadir", str(root), "--dataset_name",
+                                  "nerfies", "--basedir", str(tmp_path / "log")]) == 2
+    assert "dataset.json" in caplog.text
 
 
 def test_synthetic_monocular_capture(tmp_path):
