@@ -64,6 +64,7 @@ class MiniTrainSettings:
     prediction_type: str = "v_prediction"  # or "epsilon" (the real IP2P's); see train_unet
     threads: int = 0  # torch threads; 0 keeps torch's default
     vae_from: str = ""  # a trained mini model folder whose autoencoder is reused (stage 1 skipped)
+    unet_from: str = ""  # a trained mini model folder to continue from: its autoencoder, UNet and text encoder
 
 
 def build_models(seed: int = 0):
@@ -312,15 +313,28 @@ def train_mini_ip2p(out_dir: str | Path, settings: MiniTrainSettings) -> dict:
     log.info("image pool ready (%d images) in %.0f s", settings.pool_size, time.monotonic() - start)
 
     # 1. the autoencoder, then its latent scale (or an earlier run's, with its record)
-    if settings.vae_from:
+    earlier_run = settings.unet_from or settings.vae_from
+    if settings.unet_from:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet = UNet2DConditionModel.from_pretrained(Path(settings.unet_from) / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(Path(settings.unet_from) / "text_encoder")
+        scheduler_file = Path(settings.unet_from) / "scheduler" / "scheduler_config.json"
+        earlier_type = json.loads(scheduler_file.read_text()).get("prediction_type", "epsilon")
+        if earlier_type != settings.prediction_type:
+            raise ValueError(f"--unet_from {settings.unet_from} predicts {earlier_type}; continue it with "
+                             f"--prediction_type {earlier_type}")
+        log.info("UNet and text encoder continued from %s", settings.unet_from)
+    if earlier_run:
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(Path(settings.vae_from) / "vae")
-        earlier = Path(settings.vae_from) / "training.json"
+        vae = AutoencoderKL.from_pretrained(Path(earlier_run) / "vae")
+        earlier = Path(earlier_run) / "training.json"
         record = {k: v for k, v in json.loads(earlier.read_text()).items() if k.startswith("vae")} \
             if earlier.is_file() else {}
-        record["vae_from"] = str(settings.vae_from)
-        log.info("autoencoder reused from %s", settings.vae_from)
+        record["vae_from"] = str(earlier_run)
+        log.info("autoencoder reused from %s", earlier_run)
     else:
         record = train_vae(vae, pairs, settings, 60.0 * settings.minutes * settings.vae_share)
         vae.register_to_config(scaling_factor=latent_scale(vae, pairs))

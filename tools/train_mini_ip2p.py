@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
         "prediction_type": "what the UNet predicts: v_prediction (default) or epsilon",
         "threads": "torch threads (0: torch's default)",
         "vae_from": "reuse the autoencoder of an earlier mini model folder (skips stage 1; its record is kept)",
+        "unet_from": "continue an earlier mini model folder: its autoencoder (stage 1 skipped), UNet and text encoder "
+                     "are trained further (a fresh warm-up and cosine schedule over --minutes)",
     }
     for field in dataclasses.fields(MiniTrainSettings):
         parser.add_argument(f"--{field.name}", type=type(getattr(defaults, field.name)),
