@@ -286,3 +286,13 @@ def test_monocular_edit_schedule_end_to_end(mono_fitted, tmp_path, one_thread):
     mono_error = np.nanmean(temporal_warp_errors(edited, flow, cams=[0]))
     perframe_error = np.nanmean(temporal_warp_errors(perframe, flow, cams=[0]))
     assert mono_error < 0.8 * perframe_error, (mono_error, perframe_error)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs" / "nerfies").glob("*.txt")),
+                         ids=lambda p: p.stem)
+def test_capture_configs_parse(path):
+    from models.config import parse_args
+
+    args = parse_args(["--config", str(path)])
+    assert args.ndc_ray == 0 and args.dataset_name in ("iphone", "hypernerf")
+    assert args.downsample_train in (2.0, 4.0)
