@@ -18,10 +18,11 @@ from __future__ import annotations
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .compositing import alpha_weights, composite_depth, composite_rgb
 from .fields import N_to_reso, StreamTensorBase, StreamTensorCP, StreamTensorVMSplit
-from .fitting import FitSettings, Trainer, field_from_args
+from .fitting import Trainer, field_from_args
 from .registry import MODELS, ModelError, build_model
 from .rendering import render_chunked, render_image, render_rays
 from .sampling import SAMPLERS, build_sampler
+from .settings import FitSettings
 
 __all__ = [
     "MODELS", "SAMPLERS", "CheckpointError", "FitSettings", "ModelError", "N_to_reso", "StreamTensorBase",

@@ -32,7 +32,7 @@ from .registry import build_model
 from .regularizers import density_l1, orthogonality, tv_loss
 from .rendering import render_image, render_rays
 from .sampling import ImportanceSampler, OccupancySampler, RaySampler, build_sampler
-from .settings import FAST_BATCH_FRAMES, FitSettings  # noqa: F401 (re-exported)
+from .settings import FitSettings
 
 log = logging.getLogger(__name__)
 
