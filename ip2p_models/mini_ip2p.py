@@ -303,6 +303,12 @@ def train_mini_ip2p(out_dir: str | Path, settings: MiniTrainSettings) -> dict:
         The training record (settings, steps done, times, training figures), also written to ``training.json``.
     """
     out_dir = Path(out_dir)
+    if settings.unet_from:  # checked before anything is built
+        scheduler_file = Path(settings.unet_from) / "scheduler" / "scheduler_config.json"
+        earlier_type = json.loads(scheduler_file.read_text()).get("prediction_type", "epsilon")
+        if earlier_type != settings.prediction_type:
+            raise ValueError(f"--unet_from {settings.unet_from} predicts {earlier_type}; continue it with "
+                             f"--prediction_type {earlier_type}")
     if settings.threads:
         torch.set_num_threads(settings.threads)
     start = time.monotonic()
@@ -320,11 +326,6 @@ def train_mini_ip2p(out_dir: str | Path, settings: MiniTrainSettings) -> dict:
 
         unet = UNet2DConditionModel.from_pretrained(Path(settings.unet_from) / "unet")
         text_encoder = CLIPTextModel.from_pretrained(Path(settings.unet_from) / "text_encoder")
-        scheduler_file = Path(settings.unet_from) / "scheduler" / "scheduler_config.json"
-        earlier_type = json.loads(scheduler_file.read_text()).get("prediction_type", "epsilon")
-        if earlier_type != settings.prediction_type:
-            raise ValueError(f"--unet_from {settings.unet_from} predicts {earlier_type}; continue it with "
-                             f"--prediction_type {earlier_type}")
         log.info("UNet and text encoder continued from %s", settings.unet_from)
     if earlier_run:
         from diffusers import AutoencoderKL
