@@ -65,6 +65,25 @@ class MiniTrainSettings:
     threads: int = 0  # torch threads; 0 keeps torch's default
     vae_from: str = ""  # a trained mini model folder whose autoencoder is reused (stage 1 skipped)
     unet_from: str = ""  # a trained mini model folder to continue from: its autoencoder, UNet and text encoder
+    instruction_mix: str = ""  # relative draw weights, e.g. "sketch:2" (unnamed instructions weigh 1)
+
+
+def parse_instruction_mix(text: str) -> dict[str, float]:
+    """``"sketch:2,snowy:1.5"`` -> ``{"sketch": 2.0, "snowy": 1.5}``; names must be instructions, weights >= 0."""
+    mix = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, weight = item.partition(":")
+        if name not in INSTRUCTIONS:
+            raise ValueError(f"instruction_mix: unknown instruction {name!r}; known: {', '.join(INSTRUCTIONS)}")
+        try:
+            mix[name] = float(weight)
+        except ValueError:
+            raise ValueError(f"instruction_mix: {item!r} is not NAME:WEIGHT (e.g. sketch:2)") from None
+        if mix[name] < 0:
+            raise ValueError(f"instruction_mix: {item!r} has a negative weight")
+    if mix and sum(mix.get(name, 1.0) for name in INSTRUCTIONS) <= 0:
+        raise ValueError("instruction_mix: at least one instruction needs a positive weight")
+    return mix
 
 
 def build_models(seed: int = 0):
@@ -103,8 +122,11 @@ class PairSource:
     """
 
     def __init__(self, rng: np.random.Generator, pool_size: int, crop: int, refresh: int,
-                 families: tuple[str, ...] = TRAIN_FAMILIES):
+                 families: tuple[str, ...] = TRAIN_FAMILIES, mix: dict[str, float] | None = None):
         self.rng, self.crop, self.refresh, self.families = rng, crop, refresh, families
+        self.names = list(INSTRUCTIONS)
+        weights = np.array([(mix or {}).get(name, 1.0) for name in self.names])
+        self.draw_weights = weights / weights.sum()
         self.pool = [self._new_entry() for _ in range(pool_size)]
 
     def _new_entry(self) -> tuple[np.ndarray, np.ndarray]:
@@ -118,14 +140,13 @@ class PairSource:
         """``(sources, targets, prompts)``: ``[B, crop, crop, 3]`` float32 in [0, 1] twice, and B prompts."""
         for _ in range(self.refresh):
             self.pool[self.rng.integers(len(self.pool))] = self._new_entry()
-        names = list(INSTRUCTIONS)
         sources, targets, prompts = [], [], []
         for _ in range(size):
             image, sketch = self.pool[self.rng.integers(len(self.pool))]
             y = self.rng.integers(image.shape[0] - self.crop + 1)
             x = self.rng.integers(image.shape[1] - self.crop + 1)
             crop = image[y:y + self.crop, x:x + self.crop]
-            instruction = INSTRUCTIONS[names[self.rng.integers(len(names))]]
+            instruction = INSTRUCTIONS[self.names[self.rng.choice(len(self.names), p=self.draw_weights)]]
             if instruction.name == "sketch":
                 target = sketch[y:y + self.crop, x:x + self.crop]
             else:
@@ -315,7 +336,8 @@ def train_mini_ip2p(out_dir: str | Path, settings: MiniTrainSettings) -> dict:
     rng = np.random.default_rng(settings.seed)
     torch.manual_seed(settings.seed)
     vae, unet, text_encoder, tokenizer = build_models(settings.seed)
-    pairs = PairSource(rng, settings.pool_size, settings.crop, settings.refresh_per_step)
+    pairs = PairSource(rng, settings.pool_size, settings.crop, settings.refresh_per_step,
+                       mix=parse_instruction_mix(settings.instruction_mix))
     log.info("image pool ready (%d images) in %.0f s", settings.pool_size, time.monotonic() - start)
 
     # 1. the autoencoder, then its latent scale (or an earlier run's, with its record)
@@ -335,6 +357,8 @@ def train_mini_ip2p(out_dir: str | Path, settings: MiniTrainSettings) -> dict:
         record = {k: v for k, v in json.loads(earlier.read_text()).items() if k.startswith("vae")} \
             if earlier.is_file() else {}
         record["vae_from"] = str(earlier_run)
+        if settings.unet_from and earlier.is_file():  # the chain of runs stays on record
+            record["continued_from"] = json.loads(earlier.read_text())
         log.info("autoencoder reused from %s", earlier_run)
     else:
         record = train_vae(vae, pairs, settings, 60.0 * settings.minutes * settings.vae_share)

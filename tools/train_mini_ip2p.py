@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ip2p_models.mini_ip2p import MiniTrainSettings, train_mini_ip2p
+from ip2p_models.mini_ip2p import MiniTrainSettings, parse_instruction_mix, train_mini_ip2p
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         "vae_from": "reuse the autoencoder of an earlier mini model folder (skips stage 1; its record is kept)",
         "unet_from": "continue an earlier mini model folder: its autoencoder (stage 1 skipped), UNet and text encoder "
                      "are trained further (a fresh warm-up and cosine schedule over --minutes)",
+        "instruction_mix": "relative draw weights of the instructions, e.g. sketch:2 (the others weigh 1)",
     }
     for field in dataclasses.fields(MiniTrainSettings):
         parser.add_argument(f"--{field.name}", type=type(getattr(defaults, field.name)),
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--prediction_type {settings.prediction_type}: must be v_prediction or epsilon")
     if settings.crop % 4:
         parser.error(f"--crop {settings.crop}: must be a multiple of 4 (the autoencoder's downsampling)")
+    try:
+        parse_instruction_mix(settings.instruction_mix)
+    except ValueError as error:
+        parser.error(str(error))
     record = train_mini_ip2p(args.out, settings)
     print(f"mini InstructPix2Pix written to {args.out} in {record['total_minutes']} min "
           f"(vae {record['vae_steps_done']} steps, unet {record['unet_steps_done']} steps); "
