@@ -11,7 +11,10 @@ demo config (``configs/synthetic/train_demo.txt``, its schedules and batch) from
   ``{out}/psnr_vs_time_{scene}.png``;
 - the wall time each mode needs to reach the test PSNR dense mode reaches at its final iteration;
 - PSNR between the fast and dense renders of the same fitted model (how closely fast mode matches dense);
-- full-image render time and peak RSS.
+- full-image render seconds per frame of each fitted model with the dense and the fast sampler, and of its checkpoint
+  loaded again (what ``--render_only 1`` does), the PSNR between the fast and dense renders, and the whole fit +
+  test render time of each mode (goals: renders >= 5x faster than dense, fit + render >= 10x, renders within
+  45 dB); peak RSS.
 
     python benchmarks/bench_train.py --compare dense,fast                 # CPU, 1 thread, both scenes (~40 min)
     python benchmarks/bench_train.py --compare dense,fast --scenes default --n_iters 600
@@ -37,6 +40,7 @@ if str(ROOT) not in sys.path:
 
 from dataloader import load_scene  # noqa: E402
 from models import FitSettings, Trainer, build_sampler, field_from_args, render_image  # noqa: E402
+from models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from models.config import parse_args  # noqa: E402
 from tools.make_synthetic_scene import make_synthetic_scene  # noqa: E402
 
@@ -136,6 +140,31 @@ def seconds_per_iteration_4096(trainer: Trainer, n: int) -> float:
     return seconds
 
 
+def render_speeds(trainer: Trainer, frames: list[int], ckpt: Path) -> dict:
+    """Render seconds per frame of the fitted field (dense and fast samplers; its own sampler's), of its checkpoint
+    loaded again with a fresh fast sampler (``--render_only``), and the lowest PSNR between fast and dense renders."""
+    scene, cam, chunk = trainer.scene, trainer.scene.test_cams[0], trainer.settings.chunk
+
+    def timed(field, sampler) -> tuple[float, list[torch.Tensor]]:
+        images, start = [], time.perf_counter()
+        for frame in frames:
+            images.append(render_image(field, sampler, scene, frame, cam, chunk=chunk)["rgb"].cpu())
+        synchronize(trainer.device)
+        return (time.perf_counter() - start) / len(frames), images
+
+    fast_sampler = build_sampler("fast", scene.ndc)
+    timed(trainer.field, fast_sampler)  # warm-up (allocator, first grid)
+    dense_s, dense_images = timed(trainer.field, build_sampler("dense", scene.ndc))
+    fast_s, fast_images = timed(trainer.field, build_sampler("fast", scene.ndc))
+    save_checkpoint(trainer.field, ckpt)
+    loaded, _ = load_checkpoint(ckpt, device=trainer.device)
+    loaded_s, _ = timed(loaded, build_sampler("fast", scene.ndc))
+    ckpt.unlink()
+    own_s = dense_s if trainer.settings.sampling == "dense" else fast_s
+    return {"dense_s": dense_s, "fast_s": fast_s, "loaded_s": loaded_s, "own_s": own_s,
+            "fast_vs_dense_psnr": min(psnr(a, b) for a, b in zip(fast_images, dense_images))}
+
+
 def plot(results: dict, target: float, path: Path, title: str) -> None:
     import matplotlib
 
@@ -177,24 +206,15 @@ def bench_scene(name: str, args) -> dict:
         reach = time_to_reach(result["curve"], target)
         per_it = result["seconds"] / args.n_iters
         it4096 = seconds_per_iteration_4096(trainer, args.speed_iters)
-        synchronize(trainer.device)
-        start = time.perf_counter()
-        render_image(trainer.field, trainer.sampler, scene, 0, scene.test_cams[0], chunk=trainer.settings.chunk)
-        synchronize(trainer.device)
-        render_s = time.perf_counter() - start
+        renders = render_speeds(trainer, result["frames"], Path(args.out) / f"ckpt_{name}_{mode}.th")
+        # the whole job: the fit, then the test render of every test camera at every frame (at the mode's speed)
+        test_views = len(scene.test_cams) * scene.num_frames
         rows[mode] = {"s_per_it": per_it, "s_per_it_4096": it4096, "final_psnr": result["curve"][-1][2],
-                      "reach_s": reach, "fit_s": result["seconds"], "render_s": render_s}
-        if mode != "dense":
-            # the same fitted model rendered both ways
-            dense = build_sampler("dense", scene.ndc)
-            values = []
-            for frame in result["frames"]:
-                a = render_image(trainer.field, trainer.sampler, scene, frame, scene.test_cams[0])["rgb"]
-                b = render_image(trainer.field, dense, scene, frame, scene.test_cams[0])["rgb"]
-                values.append(psnr(a.cpu(), b.cpu()))
-            rows[mode]["fast_vs_dense_psnr"] = min(values)
-            grid = getattr(trainer.sampler, "grid", None)
-            rows[mode]["occupied"] = grid.fraction if grid is not None else float("nan")
+                      "reach_s": reach, "fit_s": result["seconds"], "render_s": renders["own_s"],
+                      "whole_s": result["seconds"] + test_views * renders["own_s"], **renders}
+        grid = getattr(trainer.sampler, "grid", None)
+        if grid is not None:
+            rows[mode]["occupied"] = grid.fraction
 
     png = Path(args.out) / f"psnr_vs_time_{name}.png"
     plot(results, target, png, f"{name}: {scene.num_cams} cams x {scene.num_frames} frames x "
@@ -207,10 +227,21 @@ def bench_scene(name: str, args) -> dict:
     for mode, row in rows.items():
         reach = f"{row['reach_s']:.0f}" if row["reach_s"] is not None else "not reached"
         speedup = (f"{base['reach_s'] / row['reach_s']:.1f}x" if row["reach_s"] and base["reach_s"] else "-")
-        match = f"{row['fast_vs_dense_psnr']:.1f} dB" if "fast_vs_dense_psnr" in row else "-"
+        match = f"{row['fast_vs_dense_psnr']:.1f} dB"
         occupied = f"{100 * row['occupied']:.0f}%" if "occupied" in row else "-"
         print(f"| {mode} | {row['s_per_it']:.3f} | {row['s_per_it_4096']:.3f} | {row['fit_s']:.0f} | "
               f"{row['final_psnr']:.2f} | {reach} | {speedup} | {row['render_s']:.2f} | {match} | {occupied} |")
+    print(f"\n{name} scene renders ({scene.width}x{scene.height}, test camera, frames {results[reference]['frames']}):"
+          " s/frame of the fitted model with the dense (release) and fast samplers, of its checkpoint loaded into a "
+          "fresh process state (fast, grid built from the checkpoint, first frame included), and the PSNR between "
+          "the fast and dense renders")
+    print("| fitted in mode | dense s/frame | fast s/frame | render speed-up | loaded checkpoint fast s/frame | "
+          "fast vs dense PSNR (min) | fit + test render s | vs dense mode |")
+    print("| --- | --: | --: | --: | --: | --: | --: | --: |")
+    for mode, row in rows.items():
+        print(f"| {mode} | {row['dense_s']:.2f} | {row['fast_s']:.2f} | {row['dense_s'] / row['fast_s']:.1f}x | "
+              f"{row['loaded_s']:.2f} | {row['fast_vs_dense_psnr']:.1f} dB | {row['whole_s']:.0f} | "
+              f"{base['whole_s'] / row['whole_s']:.1f}x |")
     print(f"plot: {png}")
     curves = {mode: result["curve"] for mode, result in results.items()}
     return {"rows": rows, "curves": curves, "target": target, "png": str(png)}

@@ -92,7 +92,8 @@ def per_frame(fn: Callable[[Tensor, float], Tensor], xyz: Tensor, mask: Tensor, 
 
 
 def sample_weights(field, samples: RaySamples, xyz: Tensor, t: Times, stop_below: float = 0.0,
-                   segment: int = EARLY_STOP_SEGMENT) -> Tensor:
+                   segment: int = EARLY_STOP_SEGMENT, density: Callable[[Tensor, float], Tensor] | None = None
+                   ) -> Tensor:
     """Compositing weights ``[n_rays, n_samples]`` of ``samples`` at time(s) ``t``: density at the valid samples (and
     inside a release checkpoint's alpha mask), zero elsewhere.
 
@@ -102,7 +103,10 @@ def sample_weights(field, samples: RaySamples, xyz: Tensor, t: Times, stop_below
             samples at a time along the rays, and a ray whose transmittance has fallen below ``stop_below`` is not
             evaluated further (its later samples get density 0: together they could carry at most ``stop_below``
             of the ray's weight). 0: every valid sample is evaluated (the release's renders).
+        density: ``density(points [N, 3], t) -> [N]`` instead of ``field.density`` (the same values from a cache,
+            e.g. :class:`models.occupancy.TimeVolume`).
     """
+    density = density or field.density
     valid = samples.valid
     if field.alphaMask is not None:
         masked = valid.clone()
@@ -112,7 +116,7 @@ def sample_weights(field, samples: RaySamples, xyz: Tensor, t: Times, stop_below
     # empty selections are fine below (no `.any()` checks: each would wait for the device)
     sigma = torch.zeros(valid.shape, device=xyz.device, dtype=xyz.dtype)
     if stop_below <= 0 or torch.is_grad_enabled() or valid.shape[1] <= segment:
-        sigma[valid] = per_frame(field.density, xyz, valid, t)
+        sigma[valid] = per_frame(density, xyz, valid, t)
         return alpha_weights(sigma, dists)[1]
     dists = dists.expand(valid.shape)
     optical_depth = torch.zeros(valid.shape[0], device=xyz.device, dtype=xyz.dtype)
@@ -121,7 +125,7 @@ def sample_weights(field, samples: RaySamples, xyz: Tensor, t: Times, stop_below
         part = slice(start, start + segment)
         todo = valid[:, part] & (optical_depth < limit)[:, None]
         block = torch.zeros(todo.shape, device=xyz.device, dtype=xyz.dtype)
-        block[todo] = per_frame(field.density, xyz[:, part], todo, t)
+        block[todo] = per_frame(density, xyz[:, part], todo, t)
         sigma[:, part] = block
         optical_depth = optical_depth + (block * dists[:, part]).sum(-1)
     return alpha_weights(sigma, dists)[1]

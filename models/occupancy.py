@@ -169,18 +169,35 @@ class OccupancyGrid:
             cells[z0:z1 - 1] = F.max_pool3d(nodes, kernel_size=2, stride=1)[0, 0] > 0
             cell_min = -F.max_pool3d(-node_min[None, None].float(), kernel_size=2, stride=1)[0, 0]
             floor[z0:z1 - 1] = field.activate_density(cell_min)
+        grid = cls._pooled(field, cells, floor, max_cells, dilation)
+        log.debug("occupancy grid %s: %.1f%% occupied over %d times", list(grid.occupied.shape), 100 * grid.fraction,
+                  len(times))
+        return grid
+
+    @classmethod
+    @torch.no_grad()
+    def from_volume(cls, field, volume: Tensor, *, alpha_thres: float = 1e-4, max_cells: int = 256) -> OccupancyGrid:
+        """The grid of one time from the field's node feature volume ``[Z, Y, X]`` at that time (see
+        :class:`TimeVolume`): tighter than :meth:`from_field`'s, which holds for every time."""
+        nodes = (volume > feature_threshold(field, alpha_thres)).float()[None, None]
+        cells = F.max_pool3d(nodes, kernel_size=2, stride=1)[0, 0] > 0
+        floor = field.activate_density(-F.max_pool3d(-volume[None, None].float(), kernel_size=2, stride=1)[0, 0])
+        return cls._pooled(field, cells, floor, max_cells, 0)
+
+    @classmethod
+    def _pooled(cls, field, cells: Tensor, floor: Tensor, max_cells: int, dilation: int) -> OccupancyGrid:
+        """The grid of ``field`` from full-resolution ``cells`` and ``floor``: dilated, then max-pooled (min-pooled
+        for the floor) to at most ``max_cells`` per axis."""
         if dilation > 0:
             size = 2 * dilation + 1
             cells = F.max_pool3d(cells.float()[None, None], size, stride=1, padding=dilation)[0, 0] > 0
+        res_x, res_y, res_z = field.gridSize
         factor = [max(1, math.ceil(n / max_cells)) for n in (res_x - 1, res_y - 1, res_z - 1)]
         if factor != [1, 1, 1]:
             kernel = (factor[2], factor[1], factor[0])
             cells = F.max_pool3d(cells.float()[None, None], kernel, stride=kernel, ceil_mode=True)[0, 0] > 0
             floor = -F.max_pool3d(-floor[None, None], kernel, stride=kernel, ceil_mode=True)[0, 0]
-        grid = cls(cells, floor, field.aabb.detach(), field.gridSize, factor)
-        log.debug("occupancy grid %s: %.1f%% occupied over %d times", list(cells.shape), 100 * grid.fraction,
-                  len(times))
-        return grid
+        return cls(cells, floor, field.aabb.detach(), field.gridSize, factor)
 
 
 class FeatureVolumes:
@@ -237,3 +254,55 @@ class FeatureVolumes:
             grid = block.reshape(1, -1, 1, 1, 3).to(torch.float32)
             values.append(F.grid_sample(self.volume(field, time), grid, align_corners=True).view(block.shape[:-1]))
         return torch.cat(values).to(xyz.dtype)
+
+
+def factors_version(field) -> tuple:
+    """Identifies the state of ``field``'s density: the field, its grid size and the in-place version counters of
+    its density factors (an optimizer step, an upsampling or a loaded state dict changes it)."""
+    factors = field.planes("density") + field.lines("density")
+    return (id(field), tuple(int(v) for v in field.gridSize), tuple(p._version for p in factors))
+
+
+class TimeVolume:
+    """What a render of one frame reuses: the field's density feature at its grid nodes at the frame's time, and
+    the occupancy grid of that time alone.
+
+    A trilinear lookup in the node volume is the field's density feature (see :class:`FeatureVolumes`), at one
+    single-channel 3D lookup per sample instead of six plane and line lookups over every channel. The grid of one
+    time is tighter than the one that holds for all times, so fewer samples are evaluated at all. Both are built on
+    first use for a time and rebuilt when the time or the field's density changes (:func:`factors_version`), so a
+    field being fitted between renders is never rendered from a stale copy.
+
+    Args:
+        budget_mib: largest volume kept (grid nodes x 4 bytes); a larger field renders without it.
+        alpha_thres, max_cells: of the time's :class:`OccupancyGrid`.
+    """
+
+    def __init__(self, budget_mib: float, alpha_thres: float = 1e-4, max_cells: int = 256):
+        self.budget_mib, self.alpha_thres, self.max_cells = float(budget_mib), float(alpha_thres), int(max_cells)
+        self.volume: Tensor | None = None
+        self.grid: OccupancyGrid | None = None
+        self._key: tuple | None = None
+
+    def usable(self, field) -> bool:
+        """Whether ``field``'s node volume fits in the budget (and it has no release alpha mask)."""
+        size_mib = math.prod(int(v) for v in field.gridSize) * 4 / 2**20
+        return 0 < size_mib <= self.budget_mib and getattr(field, "alphaMask", None) is None
+
+    def update(self, field, t: float) -> TimeVolume:
+        """Make the volume and grid those of ``field`` at time ``t`` (a no-op when they already are)."""
+        key = (float(t), factors_version(field))
+        if key != self._key:
+            self.volume = self.grid = None  # the old volume is freed before the new one is built
+            with torch.no_grad():
+                self.volume = field.node_density_feature((float(t),) * field.factor_kinds).float()
+            self.grid = OccupancyGrid.from_volume(field, self.volume, alpha_thres=self.alpha_thres,
+                                                  max_cells=self.max_cells)
+            self._key = key
+        return self
+
+    def density(self, field, points: Tensor) -> Tensor:
+        """Density ``[N]`` of ``field`` at box-normalized points ``[N, 3]`` (at the time of the last update)."""
+        grid = points.reshape(1, -1, 1, 1, 3).to(torch.float32)
+        feature = F.grid_sample(self.volume[None, None], grid, align_corners=True).view(points.shape[:-1])
+        return field.activate_density(feature.to(points.dtype))

@@ -37,7 +37,10 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
     # renders with the fast sampler stop each ray once its transmittance is negligible (the dense sampler is the
     # release's reference: every sample)
     stop_below = 0.0 if train else getattr(sampler, "early_stop", 0.0)
-    weights = sample_weights(field, samples, xyz, t, stop_below=stop_below)
+    # ... and look the density up in the frame's node volume when the sampler keeps one (the same values)
+    volume = sampler.render_volume(field, train, t) if hasattr(sampler, "render_volume") else None
+    density = (lambda points, _t: volume.density(field, points)) if volume is not None else None
+    weights = sample_weights(field, samples, xyz, t, stop_below=stop_below, density=density)
 
     app_mask = weights > field.rayMarch_weight_thres
     rgb = torch.zeros((*weights.shape, 3), device=rays_o.device, dtype=rays_o.dtype)

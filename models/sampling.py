@@ -17,15 +17,16 @@ the release's sampling whatever the training sampler was.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from .compositing import alpha_weights, sample_weights
-from .occupancy import FeatureVolumes, OccupancyGrid
+from .compositing import Times, alpha_weights, sample_weights
+from .occupancy import FeatureVolumes, OccupancyGrid, TimeVolume
 
 
 @dataclass
@@ -150,10 +151,13 @@ class OccupancySampler:
         dilation: cells added around the occupied ones.
         min_transmittance: also skip samples whose transmittance is surely below this (behind matter that is
             opaque at every time; they carry at most this much of a ray's weight together); 0 turns it off.
+        render_volume_mib: renders (``train=False``, one time) use a :class:`models.occupancy.TimeVolume` of the
+            frame's time when the field's node volume fits in this many MiB: the occupancy grid of that time and the
+            density looked up in one volume; 0 turns it off (the all-times grid and the field's own lookups).
     """
 
     def __init__(self, ndc: bool, *, alpha_thres: float = 1e-4, max_cells: int = 256, dilation: int = 0,
-                 min_transmittance: float = 1e-4):
+                 min_transmittance: float = 1e-4, render_volume_mib: float = 512):
         self.ndc = ndc
         self.dense = DenseSampler(ndc)
         self.alpha_thres, self.max_cells, self.dilation = float(alpha_thres), int(max_cells), int(dilation)
@@ -162,6 +166,7 @@ class OccupancySampler:
         self.early_stop = float(min_transmittance)
         self.grid: OccupancyGrid | None = None
         self._built_for: tuple[int, list[int]] | None = None
+        self.time_volume = TimeVolume(render_volume_mib, self.alpha_thres, self.max_cells)
 
     def refresh(self, field) -> OccupancyGrid:
         """Rebuild the grid from ``field`` now."""
@@ -176,10 +181,18 @@ class OccupancySampler:
             self.refresh(field)
         return self.grid
 
+    def render_volume(self, field, train: bool, t: Times) -> TimeVolume | None:
+        """The time volume of a render of ``field`` at one time ``t``, or None (training, several times, or a field
+        too large for the budget)."""
+        if train or isinstance(t, Sequence) or not self.time_volume.usable(field):
+            return None
+        return self.time_volume.update(field, float(t))
+
     def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
-                 generator: torch.Generator | None = None, t: float = 0.0) -> RaySamples:
+                 generator: torch.Generator | None = None, t: Times = 0.0) -> RaySamples:
         samples = self.dense(field, rays_o, rays_d, n_samples, train, generator)
-        grid = self.grid_for(field)
+        volume = self.render_volume(field, train, t)
+        grid = volume.grid if volume is not None else self.grid_for(field)
         cells = grid.cell_index(samples.xyz)
         valid = samples.valid & torch.take(grid.occupied, cells)
         if self.min_transmittance > 0:
@@ -282,6 +295,38 @@ class ImportanceSampler:
         norm = torch.linalg.norm(rays_d, dim=-1, keepdim=True)
         return RaySamples(xyz=xyz, z_vals=z_vals, dists=(following - z_vals) * norm, viewdirs=rays_d / norm,
                           valid=inside_box(xyz, field.aabb))
+
+
+class VisibleSampler:
+    """Another sampler's samples without those a ray cannot see: the polish of fast fitting.
+
+    The density at ``base``'s valid samples is looked up in the node feature volumes (:class:`FeatureVolumes`, no
+    gradients), composited along each ray, and the samples whose transmittance is below ``min_transmittance`` are
+    marked invalid; the field is then evaluated, with gradients, at the rest. Together the samples dropped carry at
+    most ``min_transmittance`` of a ray's weight (for the field as it was when the volumes were built, at most
+    ``occupancy_every`` iterations ago), so the fit is that of ``base``'s positions at a fraction of the cost:
+    early ray termination, for training. Without usable volumes, ``base``'s samples are returned unchanged.
+
+    Args:
+        base: the sampler whose positions are fitted (the occupancy sampler: the positions renders use).
+        volumes: the trainer's node feature volumes.
+        min_transmittance: in (0, 1).
+    """
+
+    def __init__(self, base: RaySampler, volumes: FeatureVolumes, min_transmittance: float):
+        self.base, self.volumes, self.min_transmittance = base, volumes, float(min_transmittance)
+        self.ndc = getattr(base, "ndc", True)
+
+    def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
+                 generator: torch.Generator | None = None, t: Times = 0.0) -> RaySamples:
+        samples = self.base(field, rays_o, rays_d, n_samples, train, generator, t=t)
+        if not self.volumes.usable(field):
+            return samples
+        with torch.no_grad():
+            sigma = field.activate_density(self.volumes.feature(field, field.normalize_coord(samples.xyz), t))
+            depth = (sigma * samples.dists * field.distance_scale).masked_fill_(~samples.valid, 0.0)
+            before = torch.cumsum(depth, dim=-1).sub_(depth)  # optical depth in front of each sample
+        return replace(samples, valid=samples.valid & (before < -math.log(self.min_transmittance)))
 
 
 SAMPLERS: dict[str, Callable[..., RaySampler]] = {"dense": DenseSampler, "fast": OccupancySampler}

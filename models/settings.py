@@ -50,6 +50,9 @@ class FitSettings:
     occupancy_min_transmittance: float = setting(
         1e-4, "fast sampling: also skip samples behind matter opaque at every time, once the transmittance is surely "
         "below this; 0: off")
+    occupancy_render_mib: float = setting(
+        512.0, "fast sampling: renders of one frame use the density volume of that time at the grid nodes (exact) "
+        "and its occupancy grid when it fits in this many MiB; 0: off")
     importance_fine: float = setting(
         0.05, "fast sampling, NDC: fit each batch at this share of the dense sample count, drawn where a coarse pass "
         "puts the weight (0: fit at the dense positions)")
@@ -107,4 +110,5 @@ class FitSettings:
         if self.sampling != "fast":
             return {}
         return {"alpha_thres": self.occupancy_alpha, "max_cells": self.occupancy_cells,
-                "dilation": self.occupancy_dilate, "min_transmittance": self.occupancy_min_transmittance}
+                "dilation": self.occupancy_dilate, "min_transmittance": self.occupancy_min_transmittance,
+                "render_volume_mib": self.occupancy_render_mib}

@@ -11,8 +11,8 @@ from dataloader import load_scene
 from dataloader.cameras import unproject_depth
 from models import FitSettings, Trainer, build_model, build_sampler, field_from_args, render_image, render_rays
 from models.config import parse_args
-from models.occupancy import OccupancyGrid, feature_threshold, probe_times
-from models.sampling import OccupancySampler
+from models.occupancy import FeatureVolumes, OccupancyGrid, TimeVolume, feature_threshold, probe_times
+from models.sampling import OccupancySampler, VisibleSampler
 
 BOX = torch.tensor([[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]])
 TINY = ["--ndc_ray", "1", "--N_voxel_init", str(16**3), "--N_voxel_final", str(24**3), "--upsamp_list", "60",
@@ -123,12 +123,35 @@ def test_fresh_sampler_builds_and_follows_the_field():
     assert isinstance(sampler, OccupancySampler) and sampler.grid is None
     rays_o, rays_d = rays(8)
     with torch.no_grad():
-        render_rays(field, sampler, rays_o, rays_d, 0.0, n_samples=16)
+        render_rays(field, sampler, rays_o, rays_d, 0.0, n_samples=16)  # a render: the grid of its time
+        assert sampler.grid is None and sampler.time_volume.grid.node_reso == [8, 9, 6]
+        render_rays(field, sampler, rays_o, rays_d, 0.0, n_samples=16, train=True)  # training: all times
     assert sampler.grid is not None and sampler.grid.node_reso == [8, 9, 6]
     field.upsample([12, 13, 9])
     with torch.no_grad():
+        render_rays(field, sampler, rays_o, rays_d, 0.0, n_samples=16, train=True)
         render_rays(field, sampler, rays_o, rays_d, 0.0, n_samples=16)
     assert sampler.grid.node_reso == [12, 13, 9] and list(sampler.grid.occupied.shape) == [8, 12, 11]
+    assert sampler.time_volume.grid.node_reso == [12, 13, 9]
+
+
+def test_time_volume_is_the_field_at_that_time_and_follows_its_changes():
+    field = tiny()
+    volume = TimeVolume(budget_mib=64)
+    points = torch.rand(500, 3) * 2 - 1
+    for t in (0.0, 0.37, 0.8):
+        volume.update(field, t)
+        assert torch.allclose(volume.density(field, points), field.density(points, t), rtol=1e-5, atol=1e-6)
+        # the grid of one time is contained in the grid of all times
+        all_times = OccupancyGrid.from_field(field)
+        assert not (volume.grid.occupied & ~all_times.occupied).any()
+    before = volume.volume
+    with torch.no_grad():  # an optimizer step changes the factors in place: the next update rebuilds
+        field.density_plane[0].mul_(2.0)
+    volume.update(field, 0.8)
+    assert volume.volume is not before
+    assert torch.allclose(volume.density(field, points), field.density(points, 0.8), rtol=1e-5, atol=1e-6)
+    assert not TimeVolume(budget_mib=1e-6).usable(field)
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +230,25 @@ def test_early_ray_termination_skips_samples_behind_opaque_matter(fitted):
     assert sum(evaluated) < full, (sum(evaluated), full)  # how many fewer depends on how opaque the model is
     assert (reference - stopped).abs().sum(-1).max() <= 1e-3 + 1e-6
     assert torch.equal(stopped[:, :8], reference[:, :8])  # the first segment is always evaluated
+
+
+def test_visible_sampler_drops_only_what_rays_cannot_see():
+    """The polish's samples: those of the base sampler in front of the point where the transmittance falls below
+    the threshold; the fit's colour is the base sampler's to within that threshold."""
+    field = tiny(act="softplus")
+    with torch.no_grad():  # a dense field: rays go opaque early
+        field.density_plane[0].abs_().mul_(20.0)
+        field.density_line[0].abs_()
+    base = build_sampler("fast", True, min_transmittance=0.0)
+    volumes = FeatureVolumes(num_times=field.num_frames, budget_mib=64)
+    visible = VisibleSampler(base, volumes, 1e-4)
+    rays_o, rays_d = rays()
+    with torch.no_grad():
+        full = base(field, rays_o, rays_d, 48, False)
+        cut = visible(field, rays_o, rays_d, 48, False, t=0.4)
+        assert (cut.valid <= full.valid).all() and cut.valid.sum() < full.valid.sum()
+        a, b = (render_rays(field, sampler, rays_o, rays_d, 0.4, n_samples=48, train=True,
+                            generator=torch.Generator().manual_seed(5)) for sampler in (base, visible))
+    assert (a["rgb"] - b["rgb"]).abs().max() < 1e-3
+    assert (a["acc"] - b["acc"]).abs().max() < 1e-3
+    assert (a["acc"] > 0.99).float().mean() > 0.5  # most rays did go opaque
