@@ -317,6 +317,25 @@ def save_pipeline(out_dir: Path, vae, unet, text_encoder, tokenizer, prediction_
         indent=2) + "\n")
 
 
+def check_earlier_runs(settings: MiniTrainSettings) -> None:
+    """Raise ValueError, naming the file, when ``unet_from`` / ``vae_from`` is not a mini model folder this run can
+    continue (a missing part, or a UNet trained for another prediction type)."""
+    for option, folder in (("unet_from", settings.unet_from), ("vae_from", settings.vae_from)):
+        if not folder:
+            continue
+        parts = ("vae", "unet", "text_encoder", "tokenizer", "scheduler") if option == "unet_from" else ("vae",)
+        for part in parts:
+            if not (Path(folder) / part).is_dir():
+                raise ValueError(f"--{option} {folder}: {Path(folder) / part} is missing; give a folder written by "
+                                 "tools/train_mini_ip2p.py")
+    if settings.unet_from:
+        scheduler_file = Path(settings.unet_from) / "scheduler" / "scheduler_config.json"
+        earlier_type = json.loads(scheduler_file.read_text()).get("prediction_type", "epsilon")
+        if earlier_type != settings.prediction_type:
+            raise ValueError(f"--unet_from {settings.unet_from} predicts {earlier_type} ({scheduler_file}); continue "
+                             f"it with --prediction_type {earlier_type}")
+
+
 def train_mini_ip2p(out_dir: str | Path, settings: MiniTrainSettings) -> dict:
     """Train the mini InstructPix2Pix and write it to ``out_dir`` (replaced only once training has finished).
 
@@ -324,12 +343,7 @@ def train_mini_ip2p(out_dir: str | Path, settings: MiniTrainSettings) -> dict:
         The training record (settings, steps done, times, training figures), also written to ``training.json``.
     """
     out_dir = Path(out_dir)
-    if settings.unet_from:  # checked before anything is built
-        scheduler_file = Path(settings.unet_from) / "scheduler" / "scheduler_config.json"
-        earlier_type = json.loads(scheduler_file.read_text()).get("prediction_type", "epsilon")
-        if earlier_type != settings.prediction_type:
-            raise ValueError(f"--unet_from {settings.unet_from} predicts {earlier_type}; continue it with "
-                             f"--prediction_type {earlier_type}")
+    check_earlier_runs(settings)  # before anything is built
     if settings.threads:
         torch.set_num_threads(settings.threads)
     start = time.monotonic()

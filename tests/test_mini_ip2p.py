@@ -129,3 +129,27 @@ def test_the_training_tool_writes_a_loadable_model(tmp_path):
     assert editor.vae_scale_factor == 4
     y = editor.edit_image(torch.rand(3, 32, 48), torch.rand(3, 32, 48), "make it night", diffusion_steps=2, seed=0)
     assert y.shape == (3, 32, 48) and torch.isfinite(y).all()
+
+
+def test_the_training_tool_refuses_bad_settings_by_name(tmp_path, capsys):
+    from tools.train_mini_ip2p import main
+
+    cases = [(["--instruction_mix", "sepia:2"], "unknown instruction 'sepia'"),
+             (["--instruction_mix", "sketch:x"], "'sketch:x' is not NAME:WEIGHT"),
+             (["--unet_from", str(tmp_path)], f"{tmp_path / 'vae'} is missing"),
+             (["--unet_from", str(MINI), "--prediction_type", "epsilon"], "continue it with --prediction_type")]
+    for flags, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(tmp_path / "out"), *flags])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, flags
+    assert not (tmp_path / "out").exists()
+
+
+def test_instruction_mix_sets_the_draw_weights():
+    from ip2p_models.mini_ip2p import PairSource, parse_instruction_mix
+
+    pairs = PairSource(np.random.default_rng(0), pool_size=4, crop=32, refresh=0,
+                       mix=parse_instruction_mix("sketch:2,snowy:0"))
+    prompts = pairs.batch(400)[2]
+    names = [name for p in prompts for name, i in INSTRUCTIONS.items() if p in i.prompts]
+    assert names.count("snowy") == 0 and 1.6 < names.count("sketch") / names.count("night") < 2.5
