@@ -264,8 +264,9 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions) -> dict:
 
 
 def format_cell(value) -> str:
+    """A metric for the table: "n/a" where there is nothing to score (e.g. cross-view without camera pairs)."""
     if isinstance(value, float):
-        return "nan" if value != value else f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+        return "n/a" if value != value else f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
     return str(value)
 
 
@@ -284,7 +285,8 @@ def write_report(report: dict, out: Path) -> None:
     text = (f"# Edit scores: {report['run_dir']}\n\nprompt: {report['prompt']!r}; scene {report['scene']} "
             f"{report['shape']}; flow: {report['flow']}; depth: {report['depth']}; captions: "
             f"{report['captions']['source']!r} -> {report['captions']['target']!r}\n\n{markdown_table(report)}\n\n"
-            "Errors are mean absolute colour differences in [0, 1]; see the README's 'Scoring an edit'.\n")
+            "Errors are mean absolute colour differences in [0, 1]; see the README's 'Scoring an edit'.\n"
+            + ("" if report["camera_pairs"] else "No camera pairs (a single moving camera): no cross-view error.\n"))
     atomic_write(out / "metrics.md", lambda handle: handle.write(text.encode()))
     plot_per_frame(report, out / "per_frame.png")
 
