@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .compositing import Times, composite_depth, composite_rgb, per_frame, sample_weights
-from .sampling import RaySampler
+from .compositing import Times, alpha_weights, composite_depth, composite_rgb, per_frame, sample_weights
+from .sampling import RaySampler, RaySamples
 
 
 def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: Times, *, n_samples: int,
@@ -32,6 +32,9 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
     Returns:
         ``rgb [n_rays, 3]``, ``depth [n_rays]`` (no gradient), ``acc [n_rays]``.
     """
+    marched = None if train or not hasattr(sampler, "march") else sampler.march(field, rays_o, rays_d, n_samples, t)
+    if marched is not None:
+        return composite_marched(field, *marched, rays_d, t, white_bg, getattr(sampler, "ndc", True))
     samples = sampler(field, rays_o, rays_d, n_samples, train, generator, t=t)
     xyz = field.normalize_coord(samples.xyz)
     # renders with the fast sampler stop each ray once its transmittance is negligible (the dense sampler is the
@@ -52,6 +55,24 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
     with torch.no_grad():
         depth = composite_depth(weights, samples.z_vals, far_value)
     return {"rgb": composite_rgb(weights, rgb, white_bg), "depth": depth, "acc": weights.sum(-1)}
+
+
+def composite_marched(field, samples: RaySamples, sigma: Tensor, rays_d: Tensor, t: float, white_bg: bool,
+                      ndc: bool) -> dict[str, Tensor]:
+    """:func:`render_rays`' outputs from a marched render's densities (:meth:`OccupancySampler.march`): the same
+    compositing, with colour evaluated (and summed) only where the weight exceeds ``rayMarch_weight_thres``."""
+    weights = alpha_weights(sigma, samples.dists * field.distance_scale)[1]
+    ray, index = torch.nonzero(weights > field.rayMarch_weight_thres, as_tuple=True)
+    points = field.normalize_coord(samples.xyz[ray, index])
+    rgb = field.color(points, samples.viewdirs[ray], field.app_features(points, t)).to(weights.dtype)
+    acc = weights.sum(-1)
+    rgb_map = torch.zeros((weights.shape[0], 3), device=weights.device, dtype=weights.dtype)
+    rgb_map.index_add_(0, ray, weights[ray, index, None] * rgb)
+    if white_bg:
+        rgb_map = rgb_map + (1.0 - acc[:, None])
+    far_value = rays_d[:, 2] if ndc else samples.viewdirs[:, 2]
+    depth = composite_depth(weights, samples.z_vals, far_value)
+    return {"rgb": rgb_map.clamp(0, 1), "depth": depth, "acc": acc}
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .compositing import Times, alpha_weights, sample_weights
+from .compositing import EARLY_STOP_SEGMENT, Times, alpha_weights, sample_weights
 from .occupancy import FeatureVolumes, OccupancyGrid, TimeVolume
 
 
@@ -187,6 +187,43 @@ class OccupancySampler:
         if train or isinstance(t, Sequence) or not self.time_volume.usable(field):
             return None
         return self.time_volume.update(field, float(t))
+
+    def march(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, t: Times,
+              segment: int = EARLY_STOP_SEGMENT) -> tuple[RaySamples, Tensor] | None:
+        """A render's samples and their densities, marched ``segment`` samples at a time over the rays still seen.
+
+        The dense positions; in each segment, only the rays whose transmittance is still above ``early_stop`` are
+        looked at: their samples inside the box and in cells of the time's occupancy grid get their density from
+        the time's volume. Samples never looked at have density 0 (empty cells, or behind transmittance
+        ``early_stop``: together at most that share of a ray's weight). None when the render cannot march (no
+        usable time volume, or early termination off): the caller evaluates the samples of :meth:`__call__`.
+
+        Returns:
+            ``(samples, sigma [n_rays, n_samples])``.
+        """
+        volume = self.render_volume(field, False, t)
+        if volume is None or self.early_stop <= 0:
+            return None
+        samples = self.dense(field, rays_o, rays_d, n_samples, False)
+        n_rays = rays_o.shape[0]
+        dists = (samples.dists * field.distance_scale).expand(n_rays, -1)
+        sigma = torch.zeros(dists.shape, device=rays_o.device, dtype=rays_o.dtype)
+        optical_depth = torch.zeros(n_rays, device=rays_o.device, dtype=rays_o.dtype)
+        active = torch.arange(n_rays, device=rays_o.device)
+        limit = -math.log(self.early_stop)
+        for start in range(0, dists.shape[1], segment):
+            part = slice(start, start + segment)
+            xyz = samples.xyz[active, part]
+            look = inside_box(xyz, field.aabb) & volume.grid.lookup(xyz)
+            block = torch.zeros(look.shape, device=rays_o.device, dtype=rays_o.dtype)
+            block[look] = volume.density(field, field.normalize_coord(xyz[look]))
+            sigma[active, part] = block
+            depth = optical_depth[active] + (block * dists[active, part]).sum(-1)
+            optical_depth[active] = depth
+            active = active[depth < limit]
+            if active.numel() == 0:
+                break
+        return samples, sigma
 
     def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
                  generator: torch.Generator | None = None, t: Times = 0.0) -> RaySamples:

@@ -177,11 +177,17 @@ def test_fast_and_dense_renders_match_on_trained_model(fitted):
     scene, field = fitted.scene, fitted.field
     assert isinstance(fitted.sampler, OccupancySampler) and fitted.sampler.grid.fraction < 1.0
     dense = build_sampler("dense", scene.ndc)
+    rays_o, rays_d = scene.image_rays(scene.test_cams[0])
+    with torch.no_grad():  # renders march: the time's volume and grid, rays dropped once they are opaque
+        samples, sigma = fitted.sampler.march(field, rays_o, rays_d, field.n_samples_full, 0.0)
+    looked_at = (sigma > 0).sum().item()
+    assert 0 < looked_at < 0.9 * samples.valid.sum().item()  # the grid of this time (rays this short: one segment)
     for frame in (0, scene.num_frames - 1):
-        a = render_image(field, fitted.sampler, scene, frame, scene.test_cams[0])["rgb"]
-        b = render_image(field, dense, scene, frame, scene.test_cams[0])["rgb"]
-        match = -10 * math.log10(max(torch.mean((a - b) ** 2).item(), 1e-20))
+        a = render_image(field, fitted.sampler, scene, frame, scene.test_cams[0])
+        b = render_image(field, dense, scene, frame, scene.test_cams[0])
+        match = -10 * math.log10(max(torch.mean((a["rgb"] - b["rgb"]) ** 2).item(), 1e-20))
         assert match > 45.0, f"fast vs dense render PSNR {match:.1f} dB at frame {frame}"
+        assert (a["acc"] - b["acc"]).abs().max() < 2e-3 and (a["depth"] - b["depth"]).abs().max() < 2e-3
 
 
 def test_grid_keeps_every_ground_truth_surface(fitted):
