@@ -31,7 +31,7 @@ from .pixel_batches import MotionSampler, UniformSampler
 from .registry import build_model
 from .regularizers import density_l1, orthogonality, tv_loss
 from .rendering import render_image, render_rays
-from .sampling import ImportanceSampler, OccupancySampler, RaySampler, VisibleSampler, build_sampler
+from .sampling import ImportanceSampler, OccupancySampler, RaySampler, build_sampler
 from .settings import FitSettings
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,7 @@ class Trainer:
         """The ray sampler of the current iteration: dense during the occupancy warm-up, then the fast one, whose
         grid is rebuilt from the field every ``occupancy_every`` iterations; with ``importance_fine > 0`` (NDC) either
         is the coarse pass of an :class:`models.sampling.ImportanceSampler`, except in the last ``importance_polish``
-        share of ``n_iters`` (the polish: the model then fits at the dense positions its renders use, without the
-        samples its rays cannot see: :class:`models.sampling.VisibleSampler`)."""
+        share of ``n_iters`` (the polish: the model then fits at the dense positions its renders use)."""
         s = self.settings
         if not isinstance(self.sampler, OccupancySampler):
             return self.sampler
@@ -173,11 +172,7 @@ class Trainer:
             sampler = self.sampler
         polish = round(s.importance_polish * s.n_iters)
         polishing = polish > 0 and self.iteration >= s.n_iters - polish
-        if self.importance and not polishing:
-            return ImportanceSampler(sampler, **self.importance)
-        if self.importance and sampler is self.sampler and s.occupancy_min_transmittance > 0:
-            return VisibleSampler(sampler, self.volumes, s.occupancy_min_transmittance)  # the polish, cut short
-        return sampler
+        return ImportanceSampler(sampler, **self.importance) if self.importance and not polishing else sampler
 
     # -- one step --------------------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:

@@ -334,38 +334,6 @@ class ImportanceSampler:
                           valid=inside_box(xyz, field.aabb))
 
 
-class VisibleSampler:
-    """Another sampler's samples without those a ray cannot see: the polish of fast fitting.
-
-    The density at ``base``'s valid samples is looked up in the node feature volumes (:class:`FeatureVolumes`, no
-    gradients), composited along each ray, and the samples whose transmittance is below ``min_transmittance`` are
-    marked invalid; the field is then evaluated, with gradients, at the rest. Together the samples dropped carry at
-    most ``min_transmittance`` of a ray's weight (for the field as it was when the volumes were built, at most
-    ``occupancy_every`` iterations ago), so the fit is that of ``base``'s positions at a fraction of the cost:
-    early ray termination, for training. Without usable volumes, ``base``'s samples are returned unchanged.
-
-    Args:
-        base: the sampler whose positions are fitted (the occupancy sampler: the positions renders use).
-        volumes: the trainer's node feature volumes.
-        min_transmittance: in (0, 1).
-    """
-
-    def __init__(self, base: RaySampler, volumes: FeatureVolumes, min_transmittance: float):
-        self.base, self.volumes, self.min_transmittance = base, volumes, float(min_transmittance)
-        self.ndc = getattr(base, "ndc", True)
-
-    def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
-                 generator: torch.Generator | None = None, t: Times = 0.0) -> RaySamples:
-        samples = self.base(field, rays_o, rays_d, n_samples, train, generator, t=t)
-        if not self.volumes.usable(field):
-            return samples
-        with torch.no_grad():
-            sigma = field.activate_density(self.volumes.feature(field, field.normalize_coord(samples.xyz), t))
-            depth = (sigma * samples.dists * field.distance_scale).masked_fill_(~samples.valid, 0.0)
-            before = torch.cumsum(depth, dim=-1).sub_(depth)  # optical depth in front of each sample
-        return replace(samples, valid=samples.valid & (before < -math.log(self.min_transmittance)))
-
-
 SAMPLERS: dict[str, Callable[..., RaySampler]] = {"dense": DenseSampler, "fast": OccupancySampler}
 
 

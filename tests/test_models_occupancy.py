@@ -11,8 +11,8 @@ from dataloader import load_scene
 from dataloader.cameras import unproject_depth
 from models import FitSettings, Trainer, build_model, build_sampler, field_from_args, render_image, render_rays
 from models.config import parse_args
-from models.occupancy import FeatureVolumes, OccupancyGrid, TimeVolume, feature_threshold, probe_times
-from models.sampling import OccupancySampler, VisibleSampler
+from models.occupancy import OccupancyGrid, TimeVolume, feature_threshold, probe_times
+from models.sampling import OccupancySampler
 
 BOX = torch.tensor([[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]])
 TINY = ["--ndc_ray", "1", "--N_voxel_init", str(16**3), "--N_voxel_final", str(24**3), "--upsamp_list", "60",
@@ -237,24 +237,3 @@ def test_early_ray_termination_skips_samples_behind_opaque_matter(fitted):
     assert (reference - stopped).abs().sum(-1).max() <= 1e-3 + 1e-6
     assert torch.equal(stopped[:, :8], reference[:, :8])  # the first segment is always evaluated
 
-
-def test_visible_sampler_drops_only_what_rays_cannot_see():
-    """The polish's samples: those of the base sampler in front of the point where the transmittance falls below
-    the threshold; the fit's colour is the base sampler's to within that threshold."""
-    field = tiny(act="softplus")
-    with torch.no_grad():  # a dense field: rays go opaque early
-        field.density_plane[0].abs_().mul_(20.0)
-        field.density_line[0].abs_()
-    base = build_sampler("fast", True, min_transmittance=0.0)
-    volumes = FeatureVolumes(num_times=field.num_frames, budget_mib=64)
-    visible = VisibleSampler(base, volumes, 1e-4)
-    rays_o, rays_d = rays()
-    with torch.no_grad():
-        full = base(field, rays_o, rays_d, 48, False)
-        cut = visible(field, rays_o, rays_d, 48, False, t=0.4)
-        assert (cut.valid <= full.valid).all() and cut.valid.sum() < full.valid.sum()
-        a, b = (render_rays(field, sampler, rays_o, rays_d, 0.4, n_samples=48, train=True,
-                            generator=torch.Generator().manual_seed(5)) for sampler in (base, visible))
-    assert (a["rgb"] - b["rgb"]).abs().max() < 1e-3
-    assert (a["acc"] - b["acc"]).abs().max() < 1e-3
-    assert (a["acc"] > 0.99).float().mean() > 0.5  # most rays did go opaque
