@@ -152,8 +152,7 @@ def render_speeds(trainer: Trainer, frames: list[int], ckpt: Path) -> dict:
         synchronize(trainer.device)
         return (time.perf_counter() - start) / len(frames), images
 
-    fast_sampler = build_sampler("fast", scene.ndc)
-    timed(trainer.field, fast_sampler)  # warm-up (allocator, first grid)
+    timed(trainer.field, build_sampler("fast", scene.ndc))  # warm-up (allocator, first volume)
     dense_s, dense_images = timed(trainer.field, build_sampler("dense", scene.ndc))
     fast_s, fast_images = timed(trainer.field, build_sampler("fast", scene.ndc))
     save_checkpoint(trainer.field, ckpt)

@@ -200,6 +200,19 @@ class OccupancyGrid:
         return cls(cells, floor, field.aabb.detach(), field.gridSize, factor)
 
 
+def volumes_fit(field, count: int, budget_mib: float) -> bool:
+    """Whether ``count`` node volumes of ``field`` (float32, one value per grid node) fit in ``budget_mib``, and the
+    field has no release alpha mask (whose zeroed regions a node volume would not know)."""
+    size_mib = count * math.prod(int(v) for v in field.gridSize) * 4 / 2**20
+    return 0 < size_mib <= budget_mib and getattr(field, "alphaMask", None) is None
+
+
+def volume_lookup(volume: Tensor, xyz: Tensor) -> Tensor:
+    """Trilinear lookup of a node volume ``[Z, Y, X]`` at box-normalized points ``[..., 3]`` -> float32 ``[...]``."""
+    grid = xyz.reshape(1, -1, 1, 1, 3).to(torch.float32)
+    return F.grid_sample(volume[None, None], grid, align_corners=True).view(xyz.shape[:-1])
+
+
 class FeatureVolumes:
     """The field's density feature at its grid nodes, one volume per time, for the coarse pass of
     :class:`ImportanceSampler`.
@@ -224,9 +237,7 @@ class FeatureVolumes:
 
     def usable(self, field) -> bool:
         """Whether the volumes of ``field`` at every time fit in the budget (and the field has no alpha mask)."""
-        nodes = math.prod(int(v) for v in field.gridSize)
-        size_mib = self.num_times * nodes * 4 / 2**20
-        return 0 < size_mib <= self.budget_mib and getattr(field, "alphaMask", None) is None
+        return volumes_fit(field, self.num_times, self.budget_mib)
 
     def clear(self) -> None:
         """Drop every volume (they are rebuilt from the field when next used)."""
@@ -251,8 +262,7 @@ class FeatureVolumes:
         size, times = frame_blocks(xyz.shape[0], t)
         values = []
         for block, time in zip(xyz.split(size), times):
-            grid = block.reshape(1, -1, 1, 1, 3).to(torch.float32)
-            values.append(F.grid_sample(self.volume(field, time), grid, align_corners=True).view(block.shape[:-1]))
+            values.append(volume_lookup(self.volume(field, time)[0, 0], block))
         return torch.cat(values).to(xyz.dtype)
 
 
@@ -286,8 +296,7 @@ class TimeVolume:
 
     def usable(self, field) -> bool:
         """Whether ``field``'s node volume fits in the budget (and it has no release alpha mask)."""
-        size_mib = math.prod(int(v) for v in field.gridSize) * 4 / 2**20
-        return 0 < size_mib <= self.budget_mib and getattr(field, "alphaMask", None) is None
+        return volumes_fit(field, 1, self.budget_mib)
 
     def update(self, field, t: float) -> TimeVolume:
         """Make the volume and grid those of ``field`` at time ``t`` (a no-op when they already are)."""
@@ -303,6 +312,4 @@ class TimeVolume:
 
     def density(self, field, points: Tensor) -> Tensor:
         """Density ``[N]`` of ``field`` at box-normalized points ``[N, 3]`` (at the time of the last update)."""
-        grid = points.reshape(1, -1, 1, 1, 3).to(torch.float32)
-        feature = F.grid_sample(self.volume[None, None], grid, align_corners=True).view(points.shape[:-1])
-        return field.activate_density(feature.to(points.dtype))
+        return field.activate_density(volume_lookup(self.volume, points).to(points.dtype))

@@ -214,7 +214,7 @@ class OccupancySampler:
         for start in range(0, dists.shape[1], segment):
             part = slice(start, start + segment)
             xyz = samples.xyz[active, part]
-            look = inside_box(xyz, field.aabb) & volume.grid.lookup(xyz)
+            look = samples.valid[active, part] & volume.grid.lookup(xyz)
             block = torch.zeros(look.shape, device=rays_o.device, dtype=rays_o.dtype)
             block[look] = volume.density(field, field.normalize_coord(xyz[look]))
             sigma[active, part] = block
