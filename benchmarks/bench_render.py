@@ -1,9 +1,10 @@
 """Render speed of a saved 4D NeRF (what ``stream_train.py --render_only 1`` does): dense against fast.
 
-``dense`` is the release's render (every sample); ``fast`` builds the occupancy grid from the loaded checkpoint,
-skips empty cells and samples behind matter opaque at every time, and stops each ray once its transmittance is
-below the threshold (early ray termination). Prints seconds per frame of each, the grid's build time, and the PSNR
-between the two renders (goal: at least 45 dB).
+``dense`` is the release's render (every sample); ``fast`` marches each frame: the density looked up in the
+frame's node volume, only in cells of that time's occupancy grid, each ray stopped once its transmittance is below
+the threshold (early ray termination), and colour evaluated at every ``--color_stride``-th weighted sample and
+interpolated in between (one fast row per stride; 1 is exact). A depth-only row is what the editor's depth renders
+cost. Prints seconds per frame of each, the time-volume build, and the PSNR against dense (goal: at least 45 dB).
 
     python benchmarks/bench_render.py --ckpt log/synthetic/train_demo --datadir data/synthetic/demo
     python benchmarks/bench_render.py --ckpt log/neural_3d/train_coffee_300_4 --datadir data/neural_3d/coffee_martini \\
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, nargs="+", default=[0, 5, 11])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--color_stride", type=int, nargs="+", default=[1, 4, 8],
+                        help="fast renders' colour strides, one row each (--render_color_stride)")
     opts = parser.parse_args(argv)
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -52,32 +55,37 @@ def main(argv: list[str] | None = None) -> None:
         if str(opts.device).startswith("cuda"):
             torch.cuda.synchronize()
 
-    results = {}
-    for mode in ("dense", "fast"):
-        sampler = build_sampler(mode, scene.ndc)
-        grid_s = 0.0
-        if mode == "fast":
-            start = time.perf_counter()
-            sampler.refresh(field)
-            sync()
-            grid_s = time.perf_counter() - start
-        images, seconds = [], []
+    def render_all(sampler, color: bool = True) -> tuple[list[dict], float]:
+        render_image(field, sampler, scene, opts.frames[0], cam, color=color)  # builds that time's volume
+        outs, start = [], time.perf_counter()
         for frame in opts.frames:
-            start = time.perf_counter()
-            images.append(render_image(field, sampler, scene, frame, cam)["rgb"].cpu())
-            sync()
-            seconds.append(time.perf_counter() - start)
-        results[mode] = {"images": images, "s_per_frame": sum(seconds) / len(seconds), "grid_s": grid_s}
-    mse = sum(torch.mean((a - b) ** 2).item() for a, b in zip(results["dense"]["images"], results["fast"]["images"]))
-    match = -10 * math.log10(max(mse / len(opts.frames), 1e-20))
+            outs.append({key: value.cpu() for key, value in
+                         render_image(field, sampler, scene, frame, cam, color=color).items()})
+        sync()
+        return outs, (time.perf_counter() - start) / len(opts.frames)
+
+    reference, dense_s = render_all(build_sampler("dense", scene.ndc))
+    fast = build_sampler("fast", scene.ndc)
+    start = time.perf_counter()
+    fast.time_volume.update(field, float(scene.times[opts.frames[0]]))
+    sync()
+    volume_s = time.perf_counter() - start if fast.time_volume.usable(field) else float("nan")
     print(f"\n{ckpt} on {opts.datadir} ({scene.width}x{scene.height}, {field.n_samples_full} samples per ray), "
           f"test camera cam{scene.cam_ids[cam]:02d}, frames {opts.frames}, {opts.device}, "
-          f"{torch.get_num_threads()} threads:\n")
-    print("| render | s / frame | grid build s | speed-up | PSNR vs dense |\n|---|--:|--:|--:|--:|")
-    dense = results["dense"]["s_per_frame"]
-    for mode, r in results.items():
-        print(f"| {mode} | {r['s_per_frame']:.2f} | {r['grid_s']:.2f} | {dense / r['s_per_frame']:.1f}x | "
-              f"{'reference' if mode == 'dense' else f'{match:.1f} dB'} |")
+          f"{torch.get_num_threads()} threads; time volume and grid of one frame built in {volume_s:.2f} s:\n")
+    print("| render | s / frame | speed-up | PSNR vs dense | depth max diff |\n|---|--:|--:|--:|--:|")
+    print(f"| dense | {dense_s:.2f} | 1.0x | reference | reference |")
+    rows = [(f"fast, colour stride {stride}", build_sampler("fast", scene.ndc, color_stride=stride), True)
+            for stride in opts.color_stride]
+    rows.append(("fast, depth only", build_sampler("fast", scene.ndc), False))
+    for name, sampler, color in rows:
+        outs, seconds = render_all(sampler, color)
+        depth = max((a["depth"] - b["depth"]).abs().max().item() for a, b in zip(outs, reference))
+        match = "-"
+        if color:
+            mse = sum(torch.mean((a["rgb"] - b["rgb"]) ** 2).item() for a, b in zip(outs, reference)) / len(outs)
+            match = f"{-10 * math.log10(max(mse, 1e-20)):.1f} dB"
+        print(f"| {name} | {seconds:.2f} | {dense_s / seconds:.1f}x | {match} | {depth:.1e} |")
 
 
 if __name__ == "__main__":

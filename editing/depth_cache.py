@@ -69,7 +69,8 @@ class DepthCache:
         scene = self.scene
         depths, points = [], []
         for cam in tqdm(range(scene.num_cams), desc=f"depth at frame {frame}", leave=False):
-            depth = render_image(self.field, self.sampler, scene, frame, cam, chunk=self.chunk)["depth"].cpu()
+            depth = render_image(self.field, self.sampler, scene, frame, cam, chunk=self.chunk,
+                                 color=False)["depth"].cpu()
             depths.append(depth)
             points.append(depth_to_points(depth, scene.K[cam], scene.pose(frame, cam), ndc=scene.ndc))
         data = {"depth": torch.stack(depths).float(), "points": torch.stack(points).float(),

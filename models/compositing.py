@@ -7,7 +7,6 @@ is then a sequence of times and the rays are grouped by frame in ``len(t)`` equa
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,6 @@ if TYPE_CHECKING:
     from .sampling import RaySamples
 
 WEIGHT_EPS = 1e-10
-EARLY_STOP_SEGMENT = 64  # samples per step of early ray termination (see sample_weights)
 
 
 def alpha_weights(sigma: Tensor, dists: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,41 +89,53 @@ def per_frame(fn: Callable[[Tensor, float], Tensor], xyz: Tensor, mask: Tensor, 
     return torch.cat([fn(x[m], time) for x, m, time in zip(xyz.split(size), mask.split(size), times)])
 
 
-def sample_weights(field, samples: RaySamples, xyz: Tensor, t: Times, stop_below: float = 0.0,
-                   segment: int = EARLY_STOP_SEGMENT, density: Callable[[Tensor, float], Tensor] | None = None
-                   ) -> Tensor:
+def sample_weights(field, samples: RaySamples, xyz: Tensor, t: Times) -> Tensor:
     """Compositing weights ``[n_rays, n_samples]`` of ``samples`` at time(s) ``t``: density at the valid samples (and
     inside a release checkpoint's alpha mask), zero elsewhere.
 
     Args:
         samples: from a ray sampler; xyz: ``samples.xyz`` box-normalized (:meth:`normalize_coord`).
-        stop_below: early ray termination (renders without gradients only): the density is evaluated ``segment``
-            samples at a time along the rays, and a ray whose transmittance has fallen below ``stop_below`` is not
-            evaluated further (its later samples get density 0: together they could carry at most ``stop_below``
-            of the ray's weight). 0: every valid sample is evaluated (the release's renders).
-        density: ``density(points [N, 3], t) -> [N]`` instead of ``field.density`` (the same values from a cache,
-            e.g. :class:`models.occupancy.TimeVolume`).
     """
-    density = density or field.density
     valid = samples.valid
     if field.alphaMask is not None:
         masked = valid.clone()
         masked[valid] = field.alphaMask.sample_alpha(samples.xyz[valid]) > 0
         valid = masked
-    dists = samples.dists * field.distance_scale
     # empty selections are fine below (no `.any()` checks: each would wait for the device)
     sigma = torch.zeros(valid.shape, device=xyz.device, dtype=xyz.dtype)
-    if stop_below <= 0 or torch.is_grad_enabled() or valid.shape[1] <= segment:
-        sigma[valid] = per_frame(density, xyz, valid, t)
-        return alpha_weights(sigma, dists)[1]
-    dists = dists.expand(valid.shape)
-    optical_depth = torch.zeros(valid.shape[0], device=xyz.device, dtype=xyz.dtype)
-    limit = -math.log(stop_below)
-    for start in range(0, valid.shape[1], segment):
-        part = slice(start, start + segment)
-        todo = valid[:, part] & (optical_depth < limit)[:, None]
-        block = torch.zeros(todo.shape, device=xyz.device, dtype=xyz.dtype)
-        block[todo] = per_frame(density, xyz[:, part], todo, t)
-        sigma[:, part] = block
-        optical_depth = optical_depth + (block * dists[:, part]).sum(-1)
-    return alpha_weights(sigma, dists)[1]
+    sigma[valid] = per_frame(field.density, xyz, valid, t)
+    return alpha_weights(sigma, samples.dists * field.distance_scale)[1]
+
+
+def shading_anchors(ray: Tensor, index: Tensor, stride: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Which weighted samples a render shades, and how every weighted sample's weight goes to them.
+
+    Along one ray, colour varies slowly at the scale of the sampling step (the appearance features are trilinear
+    inside a grid cell, and a step is ``step_ratio`` of a cell). So colour is evaluated at every ``stride``-th
+    sample index, and at each ray's first and last weighted sample; a sample between two of those has its colour
+    interpolated linearly (in sample index) between them. Compositing does this by splitting the sample's weight
+    between the two: ``share`` of it to the next one, the rest to the previous one. ``stride`` 1 shades every
+    weighted sample (exact).
+
+    Args:
+        ray, index: ``[N]`` the weighted samples' ray and sample index, sorted by ray, then index (the order of
+            ``torch.nonzero``).
+        stride: sample indices between shaded samples.
+
+    Returns:
+        ``anchors [A]`` positions (into the N samples) of the shaded ones; ``lo [N]``, ``hi [N]`` each sample's
+        previous and next shaded one (indices into ``anchors``; both its own for a shaded sample); ``share [N]`` of
+        its weight going to ``hi``.
+    """
+    n = ray.shape[0]
+    first = torch.ones(n, dtype=torch.bool, device=ray.device)
+    first[1:] = ray[1:] != ray[:-1]
+    last = torch.ones_like(first)
+    last[:-1] = first[1:]
+    shaded = first | last | (index % stride == 0)
+    anchors = torch.nonzero(shaded).squeeze(1)
+    lo = torch.cumsum(shaded, 0) - 1  # the last shaded sample at or before each one (a ray's first is shaded)
+    hi = torch.where(shaded, lo, lo + 1)
+    before, after = index[anchors[lo]], index[anchors[hi]]
+    share = (index - before).to(torch.float32) / (after - before).clamp(min=1).to(torch.float32)
+    return anchors, lo, hi, share

@@ -91,6 +91,8 @@ class OccupancyGrid:
         # box space -> field-grid units: units = xyz * scale + offset (one fused pass in cell_index)
         self._scale = (reso - 1) / (self.aabb[1] - self.aabb[0]).float()
         self._offset = -self.aabb[0].float() * self._scale
+        # box-normalized points ([-1, 1] in the box) -> field-grid units
+        self._half = (reso - 1) / 2
         self._top = (reso - 2).long().clamp(min=0)
         self._zero = torch.zeros_like(self._top)
         self._factor = torch.tensor(self.factor, device=occupied.device, dtype=torch.long)
@@ -114,6 +116,14 @@ class OccupancyGrid:
     def lookup(self, xyz: Tensor) -> Tensor:
         """Occupancy of box-space points ``[..., 3]`` -> bool ``[...]``."""
         return torch.take(self.occupied, self.cell_index(xyz))
+
+    def lookup_normalized(self, points: Tensor) -> Tensor:
+        """Occupancy of box-normalized points ``[..., 3]`` (``[-1, 1]`` inside the box; points outside read the
+        nearest cell) -> bool ``[...]``."""
+        cell = torch.addcmul(self._half, points.float(), self._half).long().clamp_(min=self._zero, max=self._top)
+        if self.factor != [1, 1, 1]:
+            cell = cell // self._factor
+        return torch.take(self.occupied, (cell * self._strides).sum(-1))
 
     def visible(self, cells: Tensor, valid: Tensor, dists: Tensor, min_transmittance: float) -> Tensor:
         """Samples whose transmittance may still exceed ``min_transmittance`` (an upper bound from ``floor``).

@@ -7,16 +7,26 @@ blocks. Sampling and compositing run over the whole batch; only the field lookup
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
-from .compositing import Times, alpha_weights, composite_depth, composite_rgb, per_frame, sample_weights
-from .sampling import RaySampler, RaySamples
+from .compositing import (
+    Times,
+    alpha_weights,
+    composite_depth,
+    composite_rgb,
+    per_frame,
+    sample_weights,
+    shading_anchors,
+)
+from .sampling import RaySampler, RaySteps
 
 
 def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: Times, *, n_samples: int,
-                train: bool = False, white_bg: bool = False,
-                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+                train: bool = False, white_bg: bool = False, generator: torch.Generator | None = None,
+                color: bool = True) -> dict[str, Tensor]:
     """Render one batch of rays of one frame, or of several frames grouped in equal blocks.
 
     Args:
@@ -28,81 +38,91 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
         train: jitter the samples.
         white_bg: composite over white.
         generator: random source of the jitter.
+        color: False: depth and opacity only (no appearance lookups nor shading).
 
     Returns:
-        ``rgb [n_rays, 3]``, ``depth [n_rays]`` (no gradient), ``acc [n_rays]``.
+        ``rgb [n_rays, 3]`` (when ``color``), ``depth [n_rays]`` (no gradient), ``acc [n_rays]``.
     """
-    marched = None if train or not hasattr(sampler, "march") else sampler.march(field, rays_o, rays_d, n_samples, t)
-    if marched is not None:
-        return composite_marched(field, *marched, rays_d, t, white_bg, getattr(sampler, "ndc", True))
+    if not train and hasattr(sampler, "march") and not isinstance(t, Sequence):
+        # a render with the fast sampler: march the rays, then shade (models.sampling.OccupancySampler.march)
+        steps, sigma = sampler.march(field, rays_o, rays_d, n_samples, t)
+        return composite_marched(field, steps, sigma, t, white_bg, color_stride=sampler.color_stride, color=color)
     samples = sampler(field, rays_o, rays_d, n_samples, train, generator, t=t)
     xyz = field.normalize_coord(samples.xyz)
-    # renders with the fast sampler stop each ray once its transmittance is negligible (the dense sampler is the
-    # release's reference: every sample)
-    stop_below = 0.0 if train else getattr(sampler, "early_stop", 0.0)
-    # ... and look the density up in the frame's node volume when the sampler keeps one (the same values)
-    volume = sampler.render_volume(field, train, t) if hasattr(sampler, "render_volume") else None
-    density = (lambda points, _t: volume.density(field, points)) if volume is not None else None
-    weights = sample_weights(field, samples, xyz, t, stop_below=stop_below, density=density)
-
-    app_mask = weights > field.rayMarch_weight_thres
-    rgb = torch.zeros((*weights.shape, 3), device=rays_o.device, dtype=rays_o.dtype)
-    dirs = samples.viewdirs[:, None, :].expand(xyz.shape)[app_mask]
-    points = xyz[app_mask]
-    rgb[app_mask] = field.color(points, dirs, per_frame(field.app_features, xyz, app_mask, t)).to(rgb.dtype)
-
+    weights = sample_weights(field, samples, xyz, t)
     far_value = rays_d[:, 2] if getattr(sampler, "ndc", True) else samples.viewdirs[:, 2]
     with torch.no_grad():
         depth = composite_depth(weights, samples.z_vals, far_value)
-    return {"rgb": composite_rgb(weights, rgb, white_bg), "depth": depth, "acc": weights.sum(-1)}
+    out = {"depth": depth, "acc": weights.sum(-1)}
+    if color:
+        app_mask = weights > field.rayMarch_weight_thres
+        rgb = torch.zeros((*weights.shape, 3), device=rays_o.device, dtype=rays_o.dtype)
+        dirs = samples.viewdirs[:, None, :].expand(xyz.shape)[app_mask]
+        rgb[app_mask] = field.color(xyz[app_mask], dirs,
+                                    per_frame(field.app_features, xyz, app_mask, t)).to(rgb.dtype)
+        out["rgb"] = composite_rgb(weights, rgb, white_bg)
+    return out
 
 
-def composite_marched(field, samples: RaySamples, sigma: Tensor, rays_d: Tensor, t: float, white_bg: bool,
-                      ndc: bool) -> dict[str, Tensor]:
-    """:func:`render_rays`' outputs from a marched render's densities (:meth:`OccupancySampler.march`): the same
-    compositing, with colour evaluated (and summed) only where the weight exceeds ``rayMarch_weight_thres``."""
-    weights = alpha_weights(sigma, samples.dists * field.distance_scale)[1]
-    ray, index = torch.nonzero(weights > field.rayMarch_weight_thres, as_tuple=True)
-    points = field.normalize_coord(samples.xyz[ray, index])
-    rgb = field.color(points, samples.viewdirs[ray], field.app_features(points, t)).to(weights.dtype)
+def composite_marched(field, steps: RaySteps, sigma: Tensor, t: float, white_bg: bool, *, color_stride: int = 1,
+                      color: bool = True) -> dict[str, Tensor]:
+    """:func:`render_rays`' outputs from a marched render's densities (:meth:`OccupancySampler.march`).
+
+    The same compositing as dense renders. Colour is evaluated only where the weight exceeds
+    ``rayMarch_weight_thres``, and there at every ``color_stride``-th sample of each ray's run, interpolated in
+    between (:func:`models.compositing.shading_anchors`); ``color_stride`` 1 is dense mode's colour exactly.
+    """
+    weights = alpha_weights(sigma, steps.dists * field.distance_scale)[1]
     acc = weights.sum(-1)
+    # the release's far value: the ray direction's z (NDC rays as given; unit directions in a box)
+    out = {"depth": composite_depth(weights, steps.z_vals, steps.directions[:, 2]), "acc": acc}
+    if not color:
+        return out
+    ray, index = torch.nonzero(weights > field.rayMarch_weight_thres, as_tuple=True)
+    anchors, lo, hi, share = shading_anchors(ray, index, color_stride)
+    w = weights[ray, index]
+    anchor_w = torch.zeros(anchors.shape[0], device=w.device, dtype=w.dtype)
+    anchor_w.index_add_(0, lo, w * (1.0 - share.to(w.dtype))).index_add_(0, hi, w * share.to(w.dtype))
+    ray, index = ray[anchors], index[anchors]
+    points = field.normalize_coord(steps.point(ray, index))
+    rgb = field.color(points, steps.viewdirs[ray], field.app_features(points, t)).to(weights.dtype)
     rgb_map = torch.zeros((weights.shape[0], 3), device=weights.device, dtype=weights.dtype)
-    rgb_map.index_add_(0, ray, weights[ray, index, None] * rgb)
+    rgb_map.index_add_(0, ray, anchor_w[:, None] * rgb)
     if white_bg:
         rgb_map = rgb_map + (1.0 - acc[:, None])
-    far_value = rays_d[:, 2] if ndc else samples.viewdirs[:, 2]
-    depth = composite_depth(weights, samples.z_vals, far_value)
-    return {"rgb": rgb_map.clamp(0, 1), "depth": depth, "acc": acc}
+    out["rgb"] = rgb_map.clamp(0, 1)
+    return out
 
 
 @torch.no_grad()
 def render_chunked(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: float, *, n_samples: int,
-                   chunk: int = 4096, white_bg: bool = False, device: torch.device | str | None = None
-                   ) -> dict[str, Tensor]:
+                   chunk: int = 4096, white_bg: bool = False, device: torch.device | str | None = None,
+                   color: bool = True) -> dict[str, Tensor]:
     """Evaluation render of many rays of one frame, ``chunk`` rays at a time; results on the rays' device.
 
     Args:
         rays_o, rays_d: ``[n_rays, 3]``.
         device: where the field runs (the rays are moved there chunk by chunk); the field's device by default.
+        color: False: depth and opacity only.
 
     Returns:
-        ``rgb [n_rays, 3]``, ``depth [n_rays]``, ``acc [n_rays]``.
+        ``rgb [n_rays, 3]`` (when ``color``), ``depth [n_rays]``, ``acc [n_rays]``.
     """
     device = device or field.aabb.device
-    out: dict[str, list[Tensor]] = {"rgb": [], "depth": [], "acc": []}
+    out: dict[str, list[Tensor]] = {}
     for start in range(0, rays_o.shape[0], chunk):
         part = render_rays(field, sampler, rays_o[start:start + chunk].to(device),
                            rays_d[start:start + chunk].to(device), t, n_samples=n_samples, train=False,
-                           white_bg=white_bg)
-        for key in out:
-            out[key].append(part[key].to(rays_o.device))
+                           white_bg=white_bg, color=color)
+        for key, value in part.items():
+            out.setdefault(key, []).append(value.to(rays_o.device))
     return {key: torch.cat(values) for key, values in out.items()}
 
 
 @torch.no_grad()
 def render_image(field, sampler: RaySampler, scene, frame: int | None = None, cam: int | None = None, *,
                  c2w: Tensor | None = None, t: float | None = None, n_samples: int | None = None,
-                 chunk: int = 4096, white_bg: bool = False) -> dict[str, Tensor]:
+                 chunk: int = 4096, white_bg: bool = False, color: bool = True) -> dict[str, Tensor]:
     """Full image of dataset camera ``cam`` (or a free camera ``c2w``) at frame ``frame`` (or time ``t``).
 
     Args:
@@ -114,9 +134,11 @@ def render_image(field, sampler: RaySampler, scene, frame: int | None = None, ca
         c2w: ``[3|4, 4]`` free camera in scene space (camera 0's intrinsics), instead of ``cam``.
         t: time in [0, 1] (e.g. for a render path that sweeps time).
         n_samples: samples per ray; the release's full-render count ``field.n_samples_full`` by default.
+        color: False: depth and opacity only (e.g. the editor's depth for warping).
 
     Returns:
-        ``rgb [H, W, 3]`` float in [0, 1], ``depth [H, W]`` (NDC ray parameter when ``scene.ndc``), ``acc [H, W]``.
+        ``rgb [H, W, 3]`` float in [0, 1] (when ``color``), ``depth [H, W]`` (NDC ray parameter when
+        ``scene.ndc``), ``acc [H, W]``.
     """
     if t is None:
         if frame is None:
@@ -129,6 +151,6 @@ def render_image(field, sampler: RaySampler, scene, frame: int | None = None, ca
     else:
         raise ValueError("render_image needs a camera index cam or a free camera c2w")
     out = render_chunked(field, sampler, rays_o, rays_d, t, n_samples=n_samples or field.n_samples_full,
-                         chunk=chunk, white_bg=white_bg)
+                         chunk=chunk, white_bg=white_bg, color=color)
     H, W = scene.height, scene.width
-    return {"rgb": out["rgb"].view(H, W, 3), "depth": out["depth"].view(H, W), "acc": out["acc"].view(H, W)}
+    return {key: value.view(H, W, -1) if key == "rgb" else value.view(H, W) for key, value in out.items()}

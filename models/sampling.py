@@ -1,7 +1,7 @@
 """Ray sampling: where along each ray the field is evaluated. Pure functions plus small sampler objects.
 
-Two spaces, as in the release: forward-facing NDC (``sample_ndc``: evenly spaced in [near, far], jittered in
-training) and a world box (``sample_box``: fixed steps from the ray's entry into the box). A sampler object
+Two spaces, as in the release: forward-facing NDC (``steps_ndc``: evenly spaced in [near, far], jittered in
+training) and a world box (``steps_box``: fixed steps from the ray's entry into the box). A sampler object
 (:data:`SAMPLERS`, chosen by ``--sampling``) wraps them, plugged into :func:`models.rendering.render_rays` without
 touching fields or compositing:
 
@@ -25,8 +25,10 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .compositing import EARLY_STOP_SEGMENT, Times, alpha_weights, sample_weights
+from .compositing import Times, alpha_weights, sample_weights
 from .occupancy import FeatureVolumes, OccupancyGrid, TimeVolume
+
+EARLY_STOP_SEGMENT = 64  # samples per step of a render's ray march (OccupancySampler.march)
 
 
 @dataclass
@@ -58,33 +60,85 @@ def next_distances(z_vals: Tensor) -> Tensor:
     return torch.cat([z_vals[..., 1:] - z_vals[..., :-1], torch.zeros_like(z_vals[..., :1])], dim=-1)
 
 
-def sample_ndc(rays_o: Tensor, rays_d: Tensor, near: float, far: float, n_samples: int, aabb: Tensor,
-               train: bool, generator: torch.Generator | None = None) -> RaySamples:
+@dataclass
+class RaySteps:
+    """Where samples lie along rays before any point is made: sample ``j`` of ray ``i`` is at
+    ``origins[i] + directions[i] * z_vals[i or 0, j]``. A marched render (:meth:`OccupancySampler.march`) makes the
+    points of the rays and samples it looks at only; :meth:`samples` makes all of them.
+
+    Attributes:
+        origins, directions: ``[n_rays, 3]`` (NDC: the rays as given; box: unit directions).
+        z_vals: ``[n_rays or 1, n_samples]`` ray parameters.
+        dists: ``[n_rays, n_samples]`` distance to the next sample (last = 0), before ``distance_scale``.
+        viewdirs: ``[n_rays, 3]`` unit ray directions.
+    """
+
+    origins: Tensor
+    directions: Tensor
+    z_vals: Tensor
+    dists: Tensor
+    viewdirs: Tensor
+
+    def points(self, rays: Tensor, part: slice) -> Tensor:
+        """``[len(rays), samples in part, 3]`` box-space points of samples ``part`` of rays ``rays``."""
+        z = self.z_vals[:, part] if self.z_vals.shape[0] == 1 else self.z_vals[rays, part]
+        return self.origins[rays, None, :] + self.directions[rays, None, :] * z[..., None]
+
+    def point(self, ray: Tensor, index: Tensor) -> Tensor:
+        """``[N, 3]`` box-space points of samples ``index`` of rays ``ray`` (both ``[N]``)."""
+        z = self.z_vals[0, index] if self.z_vals.shape[0] == 1 else self.z_vals[ray, index]
+        return self.origins[ray] + self.directions[ray] * z[:, None]
+
+    def normalized(self, aabb: Tensor) -> RaySteps:
+        """The same steps with points in box-normalized coordinates (``[-1, 1]`` inside ``aabb``)."""
+        scale = 2.0 / (aabb[1] - aabb[0])
+        return replace(self, origins=(self.origins - aabb[0]) * scale - 1, directions=self.directions * scale)
+
+    def cube_range(self) -> tuple[Tensor, Tensor]:
+        """``[n_rays]`` ray parameters where each ray enters and leaves the cube ``[-1, 1]^3`` (of normalized steps;
+        enter > leave for a ray that misses it)."""
+        with torch.no_grad():
+            flat = self.directions == 0
+            safe = torch.where(flat, torch.ones_like(self.directions), self.directions)
+            a, b = (-1 - self.origins) / safe, (1 - self.origins) / safe
+            # a ray parallel to a face: inside that slab for every t, or never
+            slab = self.origins.abs() <= 1
+            low = torch.where(flat, torch.where(slab, -math.inf, math.inf), torch.minimum(a, b))
+            high = torch.where(flat, torch.where(slab, math.inf, -math.inf), torch.maximum(a, b))
+            return low.amax(-1), high.amin(-1)
+
+    def samples(self, aabb: Tensor) -> RaySamples:
+        """Every sample's point, valid where it lies inside ``aabb``."""
+        xyz = self.origins[:, None, :] + self.directions[:, None, :] * self.z_vals[..., None]
+        return RaySamples(xyz=xyz, z_vals=self.z_vals, dists=self.dists, viewdirs=self.viewdirs,
+                          valid=inside_box(xyz, aabb))
+
+
+def steps_ndc(rays_o: Tensor, rays_d: Tensor, near: float, far: float, n_samples: int, train: bool,
+              generator: torch.Generator | None = None) -> RaySteps:
     """Evenly spaced NDC samples, jittered in training by one random row shared by the batch.
 
     Args:
         rays_o, rays_d: ``[n_rays, 3]`` NDC rays (directions not normalized).
         near, far: sampling range of the ray parameter.
         n_samples: samples per ray.
-        aabb: ``[2, 3]`` box; samples outside are invalid.
         train: add the jitter ``U[0, (far - near) / n_samples)`` per sample position.
         generator: random source of the jitter.
 
     Returns:
-        Samples with ``dists`` scaled by ``|rays_d|`` and unit ``viewdirs``.
+        Steps with ``dists`` scaled by ``|rays_d|`` and unit ``viewdirs``.
     """
     z_vals = torch.linspace(near, far, n_samples, device=rays_o.device, dtype=rays_o.dtype).unsqueeze(0)
     if train:
         jitter = torch.rand(z_vals.shape, generator=generator, device=generator.device if generator else None)
         z_vals = z_vals + jitter.to(z_vals) * ((far - near) / n_samples)
-    xyz = rays_o[:, None, :] + rays_d[:, None, :] * z_vals[..., None]
     norm = torch.linalg.norm(rays_d, dim=-1, keepdim=True)
-    dists = next_distances(z_vals) * norm
-    return RaySamples(xyz=xyz, z_vals=z_vals, dists=dists, viewdirs=rays_d / norm, valid=inside_box(xyz, aabb))
+    return RaySteps(origins=rays_o, directions=rays_d, z_vals=z_vals, dists=next_distances(z_vals) * norm,
+                    viewdirs=rays_d / norm)
 
 
-def sample_box(rays_o: Tensor, rays_d: Tensor, near: float, far: float, n_samples: int, step: float, aabb: Tensor,
-               train: bool, generator: torch.Generator | None = None) -> RaySamples:
+def steps_box(rays_o: Tensor, rays_d: Tensor, near: float, far: float, n_samples: int, step: float, aabb: Tensor,
+              train: bool, generator: torch.Generator | None = None) -> RaySteps:
     """Samples every ``step`` from where a ray enters the box (clamped to [near, far]); one jitter per ray.
 
     Args:
@@ -92,7 +146,7 @@ def sample_box(rays_o: Tensor, rays_d: Tensor, near: float, far: float, n_sample
         near, far: clamp of the entry parameter.
         n_samples: samples per ray.
         step: spacing of the samples.
-        aabb: ``[2, 3]`` box; samples outside are invalid.
+        aabb: ``[2, 3]`` box, where the samples start.
         train: shift each ray's samples by ``U[0, 1) * step``.
         generator: random source of the jitter.
     """
@@ -106,9 +160,8 @@ def sample_box(rays_o: Tensor, rays_d: Tensor, near: float, far: float, n_sample
         jitter = torch.rand((rays_o.shape[0], 1), generator=generator, device=generator.device if generator else None)
         steps = steps + jitter.to(steps)
     z_vals = t_min[:, None] + step * steps
-    xyz = rays_o[:, None, :] + viewdirs[:, None, :] * z_vals[..., None]
-    return RaySamples(xyz=xyz, z_vals=z_vals, dists=next_distances(z_vals), viewdirs=viewdirs,
-                      valid=inside_box(xyz, aabb))
+    return RaySteps(origins=rays_o, directions=viewdirs, z_vals=z_vals, dists=next_distances(z_vals),
+                    viewdirs=viewdirs)
 
 
 class RaySampler(Protocol):
@@ -131,10 +184,15 @@ class DenseSampler:
 
     def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
                  generator: torch.Generator | None = None, t: float = 0.0) -> RaySamples:
+        return self.steps(field, rays_o, rays_d, n_samples, train, generator).samples(field.aabb)
+
+    def steps(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool = False,
+              generator: torch.Generator | None = None) -> RaySteps:
+        """The samples' positions along the rays, before their points are made."""
         near, far = field.near_far
         if self.ndc:
-            return sample_ndc(rays_o, rays_d, near, far, n_samples, field.aabb, train, generator)
-        return sample_box(rays_o, rays_d, near, far, n_samples, field.step_size, field.aabb, train, generator)
+            return steps_ndc(rays_o, rays_d, near, far, n_samples, train, generator)
+        return steps_box(rays_o, rays_d, near, far, n_samples, field.step_size, field.aabb, train, generator)
 
 
 class OccupancySampler:
@@ -154,16 +212,23 @@ class OccupancySampler:
         render_volume_mib: renders (``train=False``, one time) use a :class:`models.occupancy.TimeVolume` of the
             frame's time when the field's node volume fits in this many MiB: the occupancy grid of that time and the
             density looked up in one volume; 0 turns it off (the all-times grid and the field's own lookups).
+        color_stride: renders evaluate colour at every this many samples of a ray's weighted run (and at its first
+            and last), and interpolate it linearly in between (:func:`models.compositing.shading_anchors`); 1: at
+            every weighted sample, as dense mode does.
     """
 
     def __init__(self, ndc: bool, *, alpha_thres: float = 1e-4, max_cells: int = 256, dilation: int = 0,
-                 min_transmittance: float = 1e-4, render_volume_mib: float = 512):
+                 min_transmittance: float = 1e-4, render_volume_mib: float = 512, color_stride: int = 4):
+        if color_stride < 1:
+            raise ValueError(f"--render_color_stride must be at least 1 (1: colour at every sample), "
+                             f"got {color_stride}")
         self.ndc = ndc
         self.dense = DenseSampler(ndc)
         self.alpha_thres, self.max_cells, self.dilation = float(alpha_thres), int(max_cells), int(dilation)
         self.min_transmittance = float(min_transmittance)
-        # renders stop each ray once its transmittance is below this (models.compositing.sample_weights)
+        # renders stop each ray once its transmittance is below this (march)
         self.early_stop = float(min_transmittance)
+        self.color_stride = int(color_stride)
         self.grid: OccupancyGrid | None = None
         self._built_for: tuple[int, list[int]] | None = None
         self.time_volume = TimeVolume(render_volume_mib, self.alpha_thres, self.max_cells)
@@ -188,48 +253,57 @@ class OccupancySampler:
             return None
         return self.time_volume.update(field, float(t))
 
-    def march(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, t: Times,
-              segment: int = EARLY_STOP_SEGMENT) -> tuple[RaySamples, Tensor] | None:
-        """A render's samples and their densities, marched ``segment`` samples at a time over the rays still seen.
+    def march(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, t: float,
+              segment: int = EARLY_STOP_SEGMENT) -> tuple[RaySteps, Tensor]:
+        """A render's densities at the dense positions, marched ``segment`` samples at a time over the rays still
+        seen (early ray termination).
 
-        The dense positions; in each segment, only the rays whose transmittance is still above ``early_stop`` are
-        looked at: their samples inside the box and in cells of the time's occupancy grid get their density from
-        the time's volume. Samples never looked at have density 0 (empty cells, or behind transmittance
-        ``early_stop``: together at most that share of a ray's weight). None when the render cannot march (no
-        usable time volume, or early termination off): the caller evaluates the samples of :meth:`__call__`.
+        In each segment, only the rays whose transmittance is still above ``early_stop`` are looked at, and of
+        their samples only those inside the box and in occupied cells: of the time's occupancy grid, with the
+        density looked up in the time's volume (:meth:`render_volume`); or, when the volume does not fit, of the
+        all-times grid with the field's own lookups. Samples never looked at have density 0 (empty cells, or behind
+        transmittance ``early_stop``: together at most that share of a ray's weight). ``early_stop`` 0 looks at
+        every ray to its end.
 
         Returns:
-            ``(samples, sigma [n_rays, n_samples])``.
+            ``(steps, sigma [n_rays, n_samples])``.
         """
         volume = self.render_volume(field, False, t)
-        if volume is None or self.early_stop <= 0:
-            return None
-        samples = self.dense(field, rays_o, rays_d, n_samples, False)
-        n_rays = rays_o.shape[0]
-        dists = (samples.dists * field.distance_scale).expand(n_rays, -1)
+        if volume is not None:
+            grid, density = volume.grid, (lambda points: volume.density(field, points))
+        else:
+            grid, density = self.grid_for(field), (lambda points: field.density(points, t))
+        steps = self.dense.steps(field, rays_o, rays_d, n_samples)
+        box = steps.normalized(field.aabb)  # points go straight to the lookups, in box-normalized coordinates
+        enter, leave = box.cube_range()
+        dists = steps.dists * field.distance_scale
         sigma = torch.zeros(dists.shape, device=rays_o.device, dtype=rays_o.dtype)
-        optical_depth = torch.zeros(n_rays, device=rays_o.device, dtype=rays_o.dtype)
-        active = torch.arange(n_rays, device=rays_o.device)
-        limit = -math.log(self.early_stop)
-        for start in range(0, dists.shape[1], segment):
+        optical_depth = torch.zeros(dists.shape[0], device=rays_o.device, dtype=rays_o.dtype)
+        active = torch.arange(dists.shape[0], device=rays_o.device)
+        limit = -math.log(self.early_stop) if self.early_stop > 0 else math.inf
+        for start in range(0, n_samples, segment):
             part = slice(start, start + segment)
-            xyz = samples.xyz[active, part]
-            look = samples.valid[active, part] & volume.grid.lookup(xyz)
+            z = box.z_vals[:, part] if box.z_vals.shape[0] == 1 else box.z_vals[active, part]
+            points = box.points(active, part)
+            look = (z >= enter[active, None]) & (z <= leave[active, None]) & grid.lookup_normalized(points)
+            if field.alphaMask is not None:  # a release checkpoint's mask (such fields have no time volume)
+                world = (points[look] + 1) * ((field.aabb[1] - field.aabb[0]) / 2) + field.aabb[0]
+                look[look.clone()] = field.alphaMask.sample_alpha(world) > 0
             block = torch.zeros(look.shape, device=rays_o.device, dtype=rays_o.dtype)
-            block[look] = volume.density(field, field.normalize_coord(xyz[look]))
+            block[look] = density(points[look]).to(block.dtype)
             sigma[active, part] = block
-            depth = optical_depth[active] + (block * dists[active, part]).sum(-1)
-            optical_depth[active] = depth
-            active = active[depth < limit]
-            if active.numel() == 0:
-                break
-        return samples, sigma
+            if limit < math.inf:
+                depth = optical_depth[active] + (block * dists[active, part]).sum(-1)
+                optical_depth[active] = depth
+                active = active[depth < limit]
+                if active.numel() == 0:
+                    break
+        return steps, sigma
 
     def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
                  generator: torch.Generator | None = None, t: Times = 0.0) -> RaySamples:
         samples = self.dense(field, rays_o, rays_d, n_samples, train, generator)
-        volume = self.render_volume(field, train, t)
-        grid = volume.grid if volume is not None else self.grid_for(field)
+        grid = self.grid_for(field)
         cells = grid.cell_index(samples.xyz)
         valid = samples.valid & torch.take(grid.occupied, cells)
         if self.min_transmittance > 0:
@@ -339,7 +413,7 @@ SAMPLERS: dict[str, Callable[..., RaySampler]] = {"dense": DenseSampler, "fast":
 
 def build_sampler(name: str, ndc: bool, **options) -> RaySampler:
     """The sampler registered under ``name`` (``--sampling``); ``options`` go to its constructor (for ``fast``:
-    ``alpha_thres``, ``max_cells``, ``dilation``, ``min_transmittance``)."""
+    ``alpha_thres``, ``max_cells``, ``dilation``, ``min_transmittance``, ``render_volume_mib``, ``color_stride``)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampling {name!r}: choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[name](ndc=ndc, **options)

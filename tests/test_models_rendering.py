@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from models.compositing import alpha_weights, composite_depth, composite_rgb
-from models.sampling import next_distances, sample_box, sample_ndc
+from models.compositing import alpha_weights, composite_depth, composite_rgb, shading_anchors
+from models.sampling import next_distances, steps_box, steps_ndc
 
 BOX = torch.tensor([[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]])
 
@@ -55,13 +55,13 @@ def test_next_distances_last_is_zero():
 def test_ndc_sampling_eval_and_jitter():
     rays_o = torch.tensor([[0.0, 0.0, -1.0], [5.0, 0.0, -1.0]])
     rays_d = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 2.0]])
-    s = sample_ndc(rays_o, rays_d, 0.0, 1.0, 5, BOX, train=False)
+    s = steps_ndc(rays_o, rays_d, 0.0, 1.0, 5, train=False).samples(BOX)
     assert torch.allclose(s.z_vals, torch.linspace(0, 1, 5)[None])
     assert torch.allclose(s.dists[0], torch.tensor([0.5, 0.5, 0.5, 0.5, 0.0]))  # 0.25 * |d| = 0.5
     assert torch.allclose(s.viewdirs, torch.tensor([[0.0, 0.0, 1.0]] * 2))
     assert s.valid[0].all() and not s.valid[1].any()  # the second ray runs outside the box
     g = torch.Generator().manual_seed(0)
-    j = sample_ndc(rays_o, rays_d, 0.0, 1.0, 5, BOX, train=True, generator=g)
+    j = steps_ndc(rays_o, rays_d, 0.0, 1.0, 5, train=True, generator=g).samples(BOX)
     shift = j.z_vals - s.z_vals
     assert j.z_vals.shape == (1, 5)  # one jitter row shared by the batch
     assert (shift >= 0).all() and (shift < 0.2).all() and shift.std() > 0
@@ -70,6 +70,36 @@ def test_ndc_sampling_eval_and_jitter():
 def test_box_sampling_starts_at_the_box():
     rays_o = torch.tensor([[0.0, 0.0, -5.0]])
     rays_d = torch.tensor([[0.0, 0.0, 3.0]])  # normalized inside
-    s = sample_box(rays_o, rays_d, 0.0, 100.0, 4, 0.5, BOX, train=False)
+    s = steps_box(rays_o, rays_d, 0.0, 100.0, 4, 0.5, BOX, train=False).samples(BOX)
     assert torch.allclose(s.z_vals, torch.tensor([[4.0, 4.5, 5.0, 5.5]]))
     assert torch.allclose(s.xyz[0, :, 2], torch.tensor([-1.0, -0.5, 0.0, 0.5]))
+
+
+def test_shading_anchors_by_hand():
+    # ray 0 weighted at samples 3..7, ray 1 at samples 2 and 9; colour every 4th sample index, and at run ends
+    ray = torch.tensor([0, 0, 0, 0, 0, 1, 1])
+    index = torch.tensor([3, 4, 5, 6, 7, 2, 9])
+    anchors, lo, hi, share = shading_anchors(ray, index, 4)
+    assert anchors.tolist() == [0, 1, 4, 5, 6]  # samples 3 (first), 4 (4 % 4), 7 (last); ray 1: both ends
+    assert lo.tolist() == [0, 1, 1, 1, 2, 3, 4] and hi.tolist() == [0, 1, 2, 2, 2, 3, 4]
+    assert torch.allclose(share, torch.tensor([0.0, 0.0, 1 / 3, 2 / 3, 0.0, 0.0, 0.0]))
+    everything = shading_anchors(ray, index, 1)
+    assert everything[0].tolist() == list(range(7)) and everything[3].abs().max() == 0
+
+
+def test_colour_stride_is_exact_for_colour_linear_along_the_ray():
+    """Splitting each weight between the shaded samples around it is linear interpolation of their colours: exact
+    when colour is linear in the sample index, whatever the weights."""
+    torch.manual_seed(0)
+    weights = torch.rand(5, 40) * (torch.rand(5, 40) > 0.3)
+    ray, index = torch.nonzero(weights > 0.05, as_tuple=True)
+    slope, offset = torch.rand(5, 1, 3), torch.rand(5, 1, 3)
+    colour = offset + slope * torch.arange(40.0)[None, :, None] / 40  # [rays, samples, 3]
+    reference = composite_rgb(torch.where(weights > 0.05, weights, 0.0), colour, white_bg=False)
+    for stride in (1, 3, 8):
+        anchors, lo, hi, share = shading_anchors(ray, index, stride)
+        w = weights[ray, index]
+        anchor_w = torch.zeros(len(anchors)).index_add_(0, lo, w * (1 - share)).index_add_(0, hi, w * share)
+        rgb = torch.zeros(5, 3).index_add_(0, ray[anchors], anchor_w[:, None] * colour[ray[anchors], index[anchors]])
+        assert len(anchors) < len(ray) or stride == 1
+        assert torch.allclose(rgb.clamp(0, 1), reference, atol=1e-5), stride
