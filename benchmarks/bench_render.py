@@ -2,8 +2,8 @@
 
 ``dense`` is the release's render (every sample); ``fast`` marches each frame: the density looked up in the
 frame's node volume, only in cells of that time's occupancy grid, each ray stopped once its transmittance is below
-the threshold (early ray termination), and colour evaluated at every ``--color_stride``-th weighted sample and
-interpolated in between (one fast row per stride; 1 is exact). A depth-only row is what the editor's depth renders
+the threshold (early ray termination), and colour evaluated about every ``--color_voxels`` grid cells along a ray
+and interpolated in between (one fast row per value; 0 is exact). A depth-only row is what the editor's depth renders
 cost. Prints seconds per frame of each, the time-volume build, and the PSNR against dense (goal: at least 45 dB).
 
     python benchmarks/bench_render.py --ckpt log/synthetic/train_demo --datadir data/synthetic/demo
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, nargs="+", default=[0, 5, 11])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--color_stride", type=int, nargs="+", default=[1, 4, 8],
-                        help="fast renders' colour strides, one row each (--render_color_stride)")
+    parser.add_argument("--color_voxels", type=float, nargs="+", default=[0, 2, 4],
+                        help="fast renders' colour spacing in grid cells, one row each (--render_color_voxels)")
     opts = parser.parse_args(argv)
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -75,8 +75,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.get_num_threads()} threads; time volume and grid of one frame built in {volume_s:.2f} s:\n")
     print("| render | s / frame | speed-up | PSNR vs dense | depth max diff |\n|---|--:|--:|--:|--:|")
     print(f"| dense | {dense_s:.2f} | 1.0x | reference | reference |")
-    rows = [(f"fast, colour stride {stride}", build_sampler("fast", scene.ndc, color_stride=stride), True)
-            for stride in opts.color_stride]
+    rows = []
+    for voxels in opts.color_voxels:
+        sampler = build_sampler("fast", scene.ndc, color_voxels=voxels)
+        rows.append((f"fast, colour every {voxels:g} cells ({sampler.color_stride(field)} samples)", sampler, True))
     rows.append(("fast, depth only", build_sampler("fast", scene.ndc), False))
     for name, sampler, color in rows:
         outs, seconds = render_all(sampler, color)

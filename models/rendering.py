@@ -46,7 +46,8 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
     if not train and hasattr(sampler, "march") and not isinstance(t, Sequence):
         # a render with the fast sampler: march the rays, then shade (models.sampling.OccupancySampler.march)
         steps, sigma = sampler.march(field, rays_o, rays_d, n_samples, t)
-        return composite_marched(field, steps, sigma, t, white_bg, color_stride=sampler.color_stride, color=color)
+        return composite_marched(field, steps, sigma, t, white_bg, color_stride=sampler.color_stride(field),
+                                 color=color)
     samples = sampler(field, rays_o, rays_d, n_samples, train, generator, t=t)
     xyz = field.normalize_coord(samples.xyz)
     weights = sample_weights(field, samples, xyz, t)

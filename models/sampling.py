@@ -212,26 +212,30 @@ class OccupancySampler:
         render_volume_mib: renders (``train=False``, one time) use a :class:`models.occupancy.TimeVolume` of the
             frame's time when the field's node volume fits in this many MiB: the occupancy grid of that time and the
             density looked up in one volume; 0 turns it off (the all-times grid and the field's own lookups).
-        color_stride: renders evaluate colour at every this many samples of a ray's weighted run (and at its first
-            and last), and interpolate it linearly in between (:func:`models.compositing.shading_anchors`); 1: at
-            every weighted sample, as dense mode does.
+        color_voxels: renders evaluate colour about every this many grid cells along a ray's weighted run (every
+            ``round(color_voxels / step_ratio)`` samples, and at the run's first and last), and interpolate it
+            linearly in between (:func:`models.compositing.shading_anchors`); 0: at every weighted sample, as dense
+            mode does.
     """
 
     def __init__(self, ndc: bool, *, alpha_thres: float = 1e-4, max_cells: int = 256, dilation: int = 0,
-                 min_transmittance: float = 1e-4, render_volume_mib: float = 512, color_stride: int = 4):
-        if color_stride < 1:
-            raise ValueError(f"--render_color_stride must be at least 1 (1: colour at every sample), "
-                             f"got {color_stride}")
+                 min_transmittance: float = 1e-4, render_volume_mib: float = 512, color_voxels: float = 2.0):
+        if not color_voxels >= 0:
+            raise ValueError(f"--render_color_voxels must be 0 (colour at every sample) or more, got {color_voxels}")
         self.ndc = ndc
         self.dense = DenseSampler(ndc)
         self.alpha_thres, self.max_cells, self.dilation = float(alpha_thres), int(max_cells), int(dilation)
         self.min_transmittance = float(min_transmittance)
         # renders stop each ray once its transmittance is below this (march)
         self.early_stop = float(min_transmittance)
-        self.color_stride = int(color_stride)
+        self.color_voxels = float(color_voxels)
         self.grid: OccupancyGrid | None = None
         self._built_for: tuple[int, list[int]] | None = None
         self.time_volume = TimeVolume(render_volume_mib, self.alpha_thres, self.max_cells)
+
+    def color_stride(self, field) -> int:
+        """Samples between colour evaluations in ``field``'s renders (``color_voxels`` in sampling steps)."""
+        return max(1, round(self.color_voxels / field.step_ratio))
 
     def refresh(self, field) -> OccupancyGrid:
         """Rebuild the grid from ``field`` now."""
@@ -413,7 +417,7 @@ SAMPLERS: dict[str, Callable[..., RaySampler]] = {"dense": DenseSampler, "fast":
 
 def build_sampler(name: str, ndc: bool, **options) -> RaySampler:
     """The sampler registered under ``name`` (``--sampling``); ``options`` go to its constructor (for ``fast``:
-    ``alpha_thres``, ``max_cells``, ``dilation``, ``min_transmittance``, ``render_volume_mib``, ``color_stride``)."""
+    ``alpha_thres``, ``max_cells``, ``dilation``, ``min_transmittance``, ``render_volume_mib``, ``color_voxels``)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampling {name!r}: choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[name](ndc=ndc, **options)

@@ -53,9 +53,10 @@ class FitSettings:
     occupancy_render_mib: float = setting(
         512.0, "fast sampling: renders of one frame use the density volume of that time at the grid nodes (exact) "
         "and its occupancy grid when it fits in this many MiB; 0: off")
-    render_color_stride: int = setting(
-        4, "fast sampling, renders: evaluate colour at every this many samples of a ray's weighted run (and at its "
-        "first and last) and interpolate it in between; 1: at every sample, as dense renders do")
+    render_color_voxels: float = setting(
+        2.0, "fast sampling, renders: evaluate colour about every this many grid cells along a ray (every "
+        "round(this / step_ratio) samples of its weighted run, and at the run's ends) and interpolate it in between; "
+        "0: at every sample, as dense renders do")
     importance_fine: float = setting(
         0.05, "fast sampling, NDC: fit each batch at this share of the dense sample count, drawn where a coarse pass "
         "puts the weight (0: fit at the dense positions)")
@@ -114,4 +115,4 @@ class FitSettings:
             return {}
         return {"alpha_thres": self.occupancy_alpha, "max_cells": self.occupancy_cells,
                 "dilation": self.occupancy_dilate, "min_transmittance": self.occupancy_min_transmittance,
-                "render_volume_mib": self.occupancy_render_mib, "color_stride": self.render_color_stride}
+                "render_volume_mib": self.occupancy_render_mib, "color_voxels": self.render_color_voxels}

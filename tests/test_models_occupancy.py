@@ -106,7 +106,7 @@ def test_zero_threshold_relu_renders_exactly_like_dense(ld):
             plane.abs_()
             plane[..., : plane.shape[-1] // 2 if i < 2 else plane.shape[-1]] *= -1
     rays_o, rays_d = rays()
-    fast = build_sampler("fast", True, alpha_thres=0.0, min_transmittance=0.0, color_stride=1)
+    fast = build_sampler("fast", True, alpha_thres=0.0, min_transmittance=0.0, color_voxels=0)
     dense = build_sampler("dense", True)
     with torch.no_grad():
         a = render_rays(field, fast, rays_o, rays_d, 0.4, n_samples=48)
@@ -116,6 +116,21 @@ def test_zero_threshold_relu_renders_exactly_like_dense(ld):
     assert skipped > 0
     for key in ("rgb", "depth", "acc"):
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+def test_colour_spacing_and_depth_only_renders():
+    field = tiny()  # step_ratio 0.5: two samples per grid cell
+    assert build_sampler("fast", True).color_stride(field) == 4  # the default, 2 cells
+    assert build_sampler("fast", True, color_voxels=0).color_stride(field) == 1
+    with pytest.raises(ValueError, match="--render_color_voxels"):
+        build_sampler("fast", True, color_voxels=-1)
+    rays_o, rays_d = rays()
+    sampler = build_sampler("fast", True)
+    with torch.no_grad():
+        full = render_rays(field, sampler, rays_o, rays_d, 0.3, n_samples=48)
+        depth_only = render_rays(field, sampler, rays_o, rays_d, 0.3, n_samples=48, color=False)
+    assert "rgb" not in depth_only  # no appearance lookups nor shading
+    assert torch.equal(full["depth"], depth_only["depth"]) and torch.equal(full["acc"], depth_only["acc"])
 
 
 def test_fresh_sampler_builds_and_follows_the_field():
