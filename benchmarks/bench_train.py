@@ -97,8 +97,10 @@ def time_to_reach(curve: list[tuple[int, float, float]], target: float) -> float
 
 def fit_curve(scene, scene_dir: Path, mode: str, args, name: str) -> dict:
     """Fit the demo config in ``mode`` with test evaluations; returns the curve and timings."""
+    sampling, *options = mode.split(":")  # e.g. fast:importance_polish=0.015
+    extra = [part for option in options for part in (f"--{option.partition('=')[0]}", option.partition("=")[2])]
     opts = parse_args(["--config", args.config, "--datadir", str(scene_dir), "--n_iters", str(args.n_iters),
-                       "--sampling", mode, "--device", args.device, *GRID[name]])
+                       "--sampling", sampling, "--device", args.device, *GRID[name], *extra])
     torch.manual_seed(0)
     trainer = Trainer(field_from_args(opts, scene), scene, FitSettings.from_args(opts), device=args.device,
                       tensorboard=False)
@@ -248,7 +250,9 @@ def bench_scene(name: str, args) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compare", default="dense,fast", help="sampling modes to compare, comma-separated")
+    parser.add_argument("--compare", default="dense,fast",
+                        help="sampling modes to compare, comma-separated; a mode may set fitting options, "
+                             "e.g. fast:importance_polish=0.015:importance_fine=0.1")
     parser.add_argument("--scenes", default="default,large", help=f"scenes, comma-separated: {sorted(SCENES)}")
     parser.add_argument("--scene_root", default=str(ROOT / "benchmarks" / "out" / "train"),
                         help="where the synthetic scenes are made (once)")

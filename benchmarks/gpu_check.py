@@ -1,7 +1,8 @@
 """The checks only a GPU shows, in one run of under 8 minutes on one GPU, no network; prints one table.
 
 1. Fitting at the release's grid: a coffee-sized synthetic scene (676x507, the DyNeRF coffee_martini frames at 1/4)
-   with the grid at 640^3 from the start, dense against fast sampling: s/iteration and peak CUDA memory.
+   with the grid at 640^3 from the start, dense against fast sampling: s/iteration and peak CUDA memory; then one
+   test view of the fast fit rendered dense and fast (s/frame, PSNR between them).
 2. Anchor-aware editing in fp16 with the real model's architecture (Stable Diffusion 1.5 UNet, VAE and CLIP with
    random weights, no download): 6-frame sequences at 512x384, 20 steps: s/frame and peak CUDA memory.
 3. A short two-process edit (``stream_edit.py`` machinery) with the trainer and the editor process on the one GPU:
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -28,7 +30,7 @@ if str(ROOT) not in sys.path:
 
 from dataloader import load_scene  # noqa: E402
 from dataloader.synthetic_render import make_synthetic_scene  # noqa: E402
-from models import FitSettings, Trainer, field_from_args  # noqa: E402
+from models import FitSettings, Trainer, build_sampler, field_from_args, render_image  # noqa: E402
 from models.config import parse_args  # noqa: E402
 
 
@@ -77,7 +79,36 @@ def check_fitting(out: Path, device: str, dry: bool) -> list[tuple[str, str, str
         per_it = (time.perf_counter() - start) / (iters - warm)
         rows.append((f"fit {mode}, {round(voxels ** (1 / 3))}^3 grid, {size[0]}x{size[1]}, batch 4096",
                      f"{per_it:.3f} s/it", f"{peak_mib(device):.0f} MiB"))
+        if mode == "fast":
+            rows += check_renders(trainer, device)
         del trainer
+    return rows
+
+
+def check_renders(trainer, device: str) -> list[tuple[str, str, str]]:
+    """One test view of the fitted field: dense (the release's), fast with the all-times grid and the field's own
+    lookups (a 640^3 node volume is over the default 512 MiB), fast with the frame's node volume (2 GiB allowed)."""
+    scene, cam = trainer.scene, trainer.scene.test_cams[0]
+    samplers = [("dense", build_sampler("dense", scene.ndc)),
+                ("fast, all-times grid", build_sampler("fast", scene.ndc, render_volume_mib=0)),
+                ("fast, time volume", build_sampler("fast", scene.ndc, render_volume_mib=2048))]
+    rows, reference = [], None
+    for name, sampler in samplers:
+        render_image(trainer.field, sampler, scene, 0, cam)  # warm-up, and the volume of that time
+        reset_peak(device)
+        sync(device)
+        start = time.perf_counter()
+        rgb = render_image(trainer.field, sampler, scene, 1, cam)["rgb"].float().cpu()
+        sync(device)
+        seconds = time.perf_counter() - start
+        match = ""
+        if reference is None:
+            reference = rgb
+        else:
+            mse = torch.mean((rgb - reference) ** 2).item()
+            match = f", {-10 * math.log10(max(mse, 1e-20)):.1f} dB vs dense"
+        rows.append((f"render {name}, {scene.width}x{scene.height}, {trainer.field.n_samples_full} samples/ray",
+                     f"{seconds:.2f} s/frame{match}", f"{peak_mib(device):.0f} MiB"))
     return rows
 
 

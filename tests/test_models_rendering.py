@@ -103,3 +103,17 @@ def test_colour_stride_is_exact_for_colour_linear_along_the_ray():
         rgb = torch.zeros(5, 3).index_add_(0, ray[anchors], anchor_w[:, None] * colour[ray[anchors], index[anchors]])
         assert len(anchors) < len(ray) or stride == 1
         assert torch.allclose(rgb.clamp(0, 1), reference, atol=1e-5), stride
+
+
+def test_cube_range_of_normalized_steps():
+    from models.sampling import RaySteps
+
+    origins = torch.tensor([[0.0, 0.0, -3.0], [0.5, 2.0, 0.0], [0.2, -0.3, 0.0]])
+    directions = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [-2.0, 1.0, 0.5]])
+    steps = RaySteps(origins=origins, directions=directions, z_vals=torch.zeros(1, 1), dists=torch.zeros(3, 1),
+                     viewdirs=directions)
+    enter, leave = steps.cube_range()
+    assert enter[0].item() == pytest.approx(2.0) and leave[0].item() == pytest.approx(4.0)
+    assert enter[1] > leave[1]  # parallel to the y faces, outside them: never inside
+    # the third leaves through x = -1 at t = 0.6 and entered through x = +1 at t = -0.4
+    assert enter[2].item() == pytest.approx(-0.4) and leave[2].item() == pytest.approx(0.6)
