@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from .sampling import RaySamples
 
 WEIGHT_EPS = 1e-10
+# renders that interpolate colour (shading_anchors) shade every sample carrying more than this share of its pixel
+HEAVY_WEIGHT = 0.03
 
 
 def alpha_weights(sigma: Tensor, dists: Tensor) -> tuple[Tensor, Tensor]:
@@ -107,20 +109,23 @@ def sample_weights(field, samples: RaySamples, xyz: Tensor, t: Times) -> Tensor:
     return alpha_weights(sigma, samples.dists * field.distance_scale)[1]
 
 
-def shading_anchors(ray: Tensor, index: Tensor, stride: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def shading_anchors(ray: Tensor, index: Tensor, stride: int, heavy: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Which weighted samples a render shades, and how every weighted sample's weight goes to them.
 
     Along one ray, colour varies slowly at the scale of the sampling step (the appearance features are trilinear
     inside a grid cell, and a step is ``step_ratio`` of a cell). So colour is evaluated at every ``stride``-th
     sample index, and at each ray's first and last weighted sample; a sample between two of those has its colour
     interpolated linearly (in sample index) between them. Compositing does this by splitting the sample's weight
-    between the two: ``share`` of it to the next one, the rest to the previous one. ``stride`` 1 shades every
-    weighted sample (exact).
+    between the two: ``share`` of it to the next one, the rest to the previous one. Samples marked ``heavy`` (those
+    that carry much of their pixel, where an interpolation error shows most: surfaces) are always shaded. ``stride``
+    1 shades every weighted sample (exact).
 
     Args:
         ray, index: ``[N]`` the weighted samples' ray and sample index, sorted by ray, then index (the order of
             ``torch.nonzero``).
         stride: sample indices between shaded samples.
+        heavy: ``[N]`` bool, samples shaded whatever their index.
 
     Returns:
         ``anchors [A]`` positions (into the N samples) of the shaded ones; ``lo [N]``, ``hi [N]`` each sample's
@@ -133,6 +138,8 @@ def shading_anchors(ray: Tensor, index: Tensor, stride: int) -> tuple[Tensor, Te
     last = torch.ones_like(first)
     last[:-1] = first[1:]
     shaded = first | last | (index % stride == 0)
+    if heavy is not None:
+        shaded |= heavy
     anchors = torch.nonzero(shaded).squeeze(1)
     lo = torch.cumsum(shaded, 0) - 1  # the last shaded sample at or before each one (a ray's first is shaded)
     hi = torch.where(shaded, lo, lo + 1)

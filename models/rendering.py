@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .compositing import (
+    HEAVY_WEIGHT,
     Times,
     alpha_weights,
     composite_depth,
@@ -70,8 +71,9 @@ def composite_marched(field, steps: RaySteps, sigma: Tensor, t: float, white_bg:
     """:func:`render_rays`' outputs from a marched render's densities (:meth:`OccupancySampler.march`).
 
     The same compositing as dense renders. Colour is evaluated only where the weight exceeds
-    ``rayMarch_weight_thres``, and there at every ``color_stride``-th sample of each ray's run, interpolated in
-    between (:func:`models.compositing.shading_anchors`); ``color_stride`` 1 is dense mode's colour exactly.
+    ``rayMarch_weight_thres``, and there at every ``color_stride``-th sample of each ray's run and at every sample
+    carrying more than ``HEAVY_WEIGHT`` of its pixel, interpolated in between
+    (:func:`models.compositing.shading_anchors`); ``color_stride`` 1 is dense mode's colour exactly.
     """
     weights = alpha_weights(sigma, steps.dists * field.distance_scale)[1]
     acc = weights.sum(-1)
@@ -80,8 +82,8 @@ def composite_marched(field, steps: RaySteps, sigma: Tensor, t: float, white_bg:
     if not color:
         return out
     ray, index = torch.nonzero(weights > field.rayMarch_weight_thres, as_tuple=True)
-    anchors, lo, hi, share = shading_anchors(ray, index, color_stride)
     w = weights[ray, index]
+    anchors, lo, hi, share = shading_anchors(ray, index, color_stride, heavy=w > HEAVY_WEIGHT)
     anchor_w = torch.zeros(anchors.shape[0], device=w.device, dtype=w.dtype)
     anchor_w.index_add_(0, lo, w * (1.0 - share.to(w.dtype))).index_add_(0, hi, w * share.to(w.dtype))
     ray, index = ray[anchors], index[anchors]

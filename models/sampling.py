@@ -114,6 +114,22 @@ class RaySteps:
                           valid=inside_box(xyz, aabb))
 
 
+def inside_range(steps: RaySteps, rays: Tensor, start: int, z: Tensor, enter: Tensor, leave: Tensor,
+                 aabb: Tensor) -> Tensor:
+    """Which samples ``start ..`` of rays ``rays`` (ray parameters ``z [len(rays), S]``) lie inside ``aabb``, from each
+    ray's interval ``[enter, leave]`` (:meth:`RaySteps.cube_range`, all rays) instead of a test per point and axis.
+
+    A sample within rounding of the interval's ends (a box-mode ray's first sample lies on the face it enters by)
+    is decided by :func:`inside_box` on its point, as the dense sampler decides it.
+    """
+    lo, hi = enter[rays, None], leave[rays, None]
+    slack = 1e-5 * (1 + torch.maximum(lo.abs(), hi.abs()).clamp(max=1e30))
+    inside = (z >= lo - slack) & (z <= hi + slack)
+    ray, index = torch.nonzero(inside & ((z < lo + slack) | (z > hi - slack)), as_tuple=True)
+    inside[ray, index] = inside_box(steps.point(rays[ray], index + start), aabb)
+    return inside
+
+
 def steps_ndc(rays_o: Tensor, rays_d: Tensor, near: float, far: float, n_samples: int, train: bool,
               generator: torch.Generator | None = None) -> RaySteps:
     """Evenly spaced NDC samples, jittered in training by one random row shared by the batch.
@@ -289,7 +305,7 @@ class OccupancySampler:
             part = slice(start, start + segment)
             z = box.z_vals[:, part] if box.z_vals.shape[0] == 1 else box.z_vals[active, part]
             points = box.points(active, part)
-            look = (z >= enter[active, None]) & (z <= leave[active, None]) & grid.lookup_normalized(points)
+            look = inside_range(steps, active, start, z, enter, leave, field.aabb) & grid.lookup_normalized(points)
             if field.alphaMask is not None:  # a release checkpoint's mask (such fields have no time volume)
                 world = (points[look] + 1) * ((field.aabb[1] - field.aabb[0]) / 2) + field.aabb[0]
                 look[look.clone()] = field.alphaMask.sample_alpha(world) > 0

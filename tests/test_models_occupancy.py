@@ -95,9 +95,11 @@ def test_pooled_grid_is_conservative():
     assert dilated.fraction >= fine.fraction
 
 
-@pytest.mark.parametrize("ld", [0.5, 2])
-def test_zero_threshold_relu_renders_exactly_like_dense(ld):
-    """With relu and alpha_thres 0 the skipped samples have density exactly 0: the renders are dense mode's."""
+@pytest.mark.parametrize("ld, ndc", [(0.5, True), (2, True), (0.5, False)])
+def test_zero_threshold_relu_renders_exactly_like_dense(ld, ndc):
+    """With relu and alpha_thres 0 the skipped samples have density exactly 0: the renders are dense mode's. In a
+    box (``ndc`` False) each ray's first sample lies on the box face, where rounding decides inside or out: the
+    march must decide it as the dense sampler does."""
     field = tiny(ld=ld)
     with torch.no_grad():  # no density where x < 0: every plane x line product is negative there
         for i in range(3):
@@ -105,9 +107,11 @@ def test_zero_threshold_relu_renders_exactly_like_dense(ld):
             plane = field.density_plane[i]
             plane.abs_()
             plane[..., : plane.shape[-1] // 2 if i < 2 else plane.shape[-1]] *= -1
-    rays_o, rays_d = rays()
-    fast = build_sampler("fast", True, alpha_thres=0.0, min_transmittance=0.0, color_voxels=0)
-    dense = build_sampler("dense", True)
+    rays_o, rays_d = rays(200)
+    if not ndc:  # start outside the box: each ray's samples begin where it enters (its first on a face)
+        rays_o = rays_o - torch.tensor([0.0, 0.0, 0.7])
+    fast = build_sampler("fast", ndc, alpha_thres=0.0, min_transmittance=0.0, color_voxels=0)
+    dense = build_sampler("dense", ndc)
     with torch.no_grad():
         a = render_rays(field, fast, rays_o, rays_d, 0.4, n_samples=48)
         b = render_rays(field, dense, rays_o, rays_d, 0.4, n_samples=48)

@@ -85,6 +85,10 @@ def test_shading_anchors_by_hand():
     assert torch.allclose(share, torch.tensor([0.0, 0.0, 1 / 3, 2 / 3, 0.0, 0.0, 0.0]))
     everything = shading_anchors(ray, index, 1)
     assert everything[0].tolist() == list(range(7)) and everything[3].abs().max() == 0
+    # a heavy sample (much of its pixel's weight) is shaded whatever its index: sample 5 now splits 6's weight
+    anchors, lo, hi, share = shading_anchors(ray, index, 4, heavy=index == 5)
+    assert anchors.tolist() == [0, 1, 2, 4, 5, 6]
+    assert lo.tolist() == [0, 1, 2, 2, 3, 4, 5] and torch.allclose(share, torch.tensor([0, 0, 0, 0.5, 0, 0, 0]))
 
 
 def test_colour_stride_is_exact_for_colour_linear_along_the_ray():
@@ -117,3 +121,25 @@ def test_cube_range_of_normalized_steps():
     assert enter[1] > leave[1]  # parallel to the y faces, outside them: never inside
     # the third leaves through x = -1 at t = 0.6 and entered through x = +1 at t = -0.4
     assert enter[2].item() == pytest.approx(-0.4) and leave[2].item() == pytest.approx(0.6)
+
+
+def test_march_decides_the_box_face_like_the_dense_sampler():
+    """A box-mode ray's first sample lies on the face it enters by; whether rounding puts it inside is decided as
+    the dense sampler decides it (this ray, from a fitted monocular capture, was decided otherwise by the interval
+    alone, and its first sample is where that fit keeps a dense wall)."""
+    from models.sampling import DenseSampler, inside_box, inside_range
+
+    aabb = torch.tensor([[-1.1802865266799927, -0.6312384009361267, -0.5897583961486816],
+                         [1.1802865266799927, 0.6312384009361267, 0.5897583961486816]])
+    field = type("Field", (), {"near_far": [0.6060308814048767, 2.085911750793457], "aabb": aabb,
+                               "step_size": 0.012156523764133453})()
+    rays_o = torch.tensor([[0.0, -0.1426030844449997, 1.2138559818267822]])
+    rays_d = torch.tensor([[-0.3806646466255188, 0.040531009435653687, -1.001511573791504]])
+    steps = DenseSampler(ndc=False).steps(field, rays_o, rays_d, 241)
+    enter, leave = steps.normalized(aabb).cube_range()
+    assert steps.z_vals[0, 0] < enter[0]  # the interval alone would leave the first sample out...
+    reference = inside_box(steps.samples(aabb).xyz, aabb)
+    assert reference[0, 0]  # ...which the dense sampler keeps
+    decided = torch.cat([inside_range(steps, torch.tensor([0]), start, steps.z_vals[:, start:start + 64], enter,
+                                      leave, aabb) for start in range(0, 241, 64)], dim=1)
+    assert torch.equal(decided, reference)
