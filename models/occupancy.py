@@ -95,6 +95,7 @@ class OccupancyGrid:
         self._half = (reso - 1) / 2
         self._top = (reso - 2).long().clamp(min=0)
         self._zero = torch.zeros_like(self._top)
+        self._top_f, self._zero_f = self._top.float(), self._zero.float()
         self._factor = torch.tensor(self.factor, device=occupied.device, dtype=torch.long)
         self._strides = torch.tensor([1, occupied.shape[2], occupied.shape[1] * occupied.shape[2]],
                                      device=occupied.device, dtype=torch.long)
@@ -120,10 +121,12 @@ class OccupancyGrid:
     def lookup_normalized(self, points: Tensor) -> Tensor:
         """Occupancy of box-normalized points ``[..., 3]`` (``[-1, 1]`` inside the box; points outside read the
         nearest cell) -> bool ``[...]``."""
-        cell = torch.addcmul(self._half, points.float(), self._half).long().clamp_(min=self._zero, max=self._top)
+        # clamped while still float (half the memory of int64); truncation is then the floor
+        cell = torch.addcmul(self._half, points.float(), self._half).clamp_(min=self._zero_f, max=self._top_f).long()
         if self.factor != [1, 1, 1]:
             cell = cell // self._factor
-        return torch.take(self.occupied, (cell * self._strides).sum(-1))
+        x, y, z = cell.unbind(-1)  # the flat index, without a reduction over the last (size 3) axis
+        return torch.take(self.occupied, z.mul(self._strides[2]).add_(y, alpha=int(self._strides[1])).add_(x))
 
     def visible(self, cells: Tensor, valid: Tensor, dists: Tensor, min_transmittance: float) -> Tensor:
         """Samples whose transmittance may still exceed ``min_transmittance`` (an upper bound from ``floor``).

@@ -309,11 +309,12 @@ class OccupancySampler:
             if field.alphaMask is not None:  # a release checkpoint's mask (such fields have no time volume)
                 world = (points[look] + 1) * ((field.aabb[1] - field.aabb[0]) / 2) + field.aabb[0]
                 look[look.clone()] = field.alphaMask.sample_alpha(world) > 0
+            where = torch.nonzero(look.view(-1)).squeeze(1)
             block = torch.zeros(look.shape, device=rays_o.device, dtype=rays_o.dtype)
-            block[look] = density(points[look]).to(block.dtype)
-            sigma[active, part] = block
+            block.view(-1).index_copy_(0, where, density(points.view(-1, 3).index_select(0, where)).to(block.dtype))
+            sigma[:, part].index_copy_(0, active, block)
             if limit < math.inf:
-                depth = optical_depth[active] + (block * dists[active, part]).sum(-1)
+                depth = optical_depth[active] + (block * dists[:, part].index_select(0, active)).sum(-1)
                 optical_depth[active] = depth
                 active = active[depth < limit]
                 if active.numel() == 0:
