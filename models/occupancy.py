@@ -108,11 +108,7 @@ class OccupancyGrid:
     def cell_index(self, xyz: Tensor) -> Tensor:
         """Flat cell index (into ``occupied.view(-1)``) of box-space points ``[..., 3]``; points outside are
         clamped to the nearest cell."""
-        # truncation is the floor for the units >= 0 the clamp keeps (negative ones end at cell 0 either way)
-        cell = torch.addcmul(self._offset, xyz.float(), self._scale).long().clamp_(min=self._zero, max=self._top)
-        if self.factor != [1, 1, 1]:
-            cell = cell // self._factor
-        return (cell * self._strides).sum(-1)
+        return self._flat_cell(torch.addcmul(self._offset, xyz.float(), self._scale))
 
     def lookup(self, xyz: Tensor) -> Tensor:
         """Occupancy of box-space points ``[..., 3]`` -> bool ``[...]``."""
@@ -121,12 +117,16 @@ class OccupancyGrid:
     def lookup_normalized(self, points: Tensor) -> Tensor:
         """Occupancy of box-normalized points ``[..., 3]`` (``[-1, 1]`` inside the box; points outside read the
         nearest cell) -> bool ``[...]``."""
+        return torch.take(self.occupied, self._flat_cell(torch.addcmul(self._half, points.float(), self._half)))
+
+    def _flat_cell(self, units: Tensor) -> Tensor:
+        """Flat cell index of points in field-grid units ``[..., 3]`` (float32; clamped in place)."""
         # clamped while still float (half the memory of int64); truncation is then the floor
-        cell = torch.addcmul(self._half, points.float(), self._half).clamp_(min=self._zero_f, max=self._top_f).long()
+        cell = units.clamp_(min=self._zero_f, max=self._top_f).long()
         if self.factor != [1, 1, 1]:
             cell = cell // self._factor
-        x, y, z = cell.unbind(-1)  # the flat index, without a reduction over the last (size 3) axis
-        return torch.take(self.occupied, z.mul(self._strides[2]).add_(y, alpha=int(self._strides[1])).add_(x))
+        x, y, z = cell.unbind(-1)  # no reduction over the last (size 3) axis
+        return z.mul(self._strides[2]).add_(y, alpha=int(self._strides[1])).add_(x)
 
     def visible(self, cells: Tensor, valid: Tensor, dists: Tensor, min_transmittance: float) -> Tensor:
         """Samples whose transmittance may still exceed ``min_transmittance`` (an upper bound from ``floor``).

@@ -18,7 +18,7 @@ the release's sampling whatever the training sampler was.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -79,9 +79,12 @@ class RaySteps:
     dists: Tensor
     viewdirs: Tensor
 
-    def points(self, rays: Tensor, part: slice) -> Tensor:
-        """``[len(rays), samples in part, 3]`` box-space points of samples ``part`` of rays ``rays``."""
-        z = self.z_vals[:, part] if self.z_vals.shape[0] == 1 else self.z_vals[rays, part]
+    def z(self, rays: Tensor, part: slice) -> Tensor:
+        """``[len(rays) or 1, samples in part]`` ray parameters of samples ``part`` of rays ``rays``."""
+        return self.z_vals[:, part] if self.z_vals.shape[0] == 1 else self.z_vals[rays, part]
+
+    def points(self, rays: Tensor, z: Tensor) -> Tensor:
+        """``[len(rays), S, 3]`` points of rays ``rays`` at ray parameters ``z [len(rays) or 1, S]`` (:meth:`z`)."""
         return self.origins[rays, None, :] + self.directions[rays, None, :] * z[..., None]
 
     def point(self, ray: Tensor, index: Tensor) -> Tensor:
@@ -266,12 +269,9 @@ class OccupancySampler:
             self.refresh(field)
         return self.grid
 
-    def render_volume(self, field, train: bool, t: Times) -> TimeVolume | None:
-        """The time volume of a render of ``field`` at one time ``t``, or None (training, several times, or a field
-        too large for the budget)."""
-        if train or isinstance(t, Sequence) or not self.time_volume.usable(field):
-            return None
-        return self.time_volume.update(field, float(t))
+    def render_volume(self, field, t: float) -> TimeVolume | None:
+        """The time volume of a render of ``field`` at time ``t``, or None (a field too large for the budget)."""
+        return self.time_volume.update(field, float(t)) if self.time_volume.usable(field) else None
 
     def march(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, t: float,
               segment: int = EARLY_STOP_SEGMENT) -> tuple[RaySteps, Tensor]:
@@ -288,7 +288,7 @@ class OccupancySampler:
         Returns:
             ``(steps, sigma [n_rays, n_samples])``.
         """
-        volume = self.render_volume(field, False, t)
+        volume = self.render_volume(field, t)
         if volume is not None:
             grid, density = volume.grid, (lambda points: volume.density(field, points))
         else:
@@ -303,8 +303,8 @@ class OccupancySampler:
         limit = -math.log(self.early_stop) if self.early_stop > 0 else math.inf
         for start in range(0, n_samples, segment):
             part = slice(start, start + segment)
-            z = box.z_vals[:, part] if box.z_vals.shape[0] == 1 else box.z_vals[active, part]
-            points = box.points(active, part)
+            z = box.z(active, part)
+            points = box.points(active, z)
             look = inside_range(steps, active, start, z, enter, leave, field.aabb) & grid.lookup_normalized(points)
             if field.alphaMask is not None:  # a release checkpoint's mask (such fields have no time volume)
                 world = (points[look] + 1) * ((field.aabb[1] - field.aabb[0]) / 2) + field.aabb[0]
