@@ -25,10 +25,16 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from common.errors import UserError
+
 from .compositing import Times, alpha_weights, sample_weights
 from .occupancy import FeatureVolumes, OccupancyGrid, TimeVolume
 
 EARLY_STOP_SEGMENT = 64  # samples per step of a render's ray march (OccupancySampler.march)
+
+
+class SamplingError(UserError, ValueError):
+    """A sampling option out of its range, or an unknown sampler name."""
 
 
 @dataclass
@@ -240,7 +246,7 @@ class OccupancySampler:
     def __init__(self, ndc: bool, *, alpha_thres: float = 1e-4, max_cells: int = 256, dilation: int = 0,
                  min_transmittance: float = 1e-4, render_volume_mib: float = 512, color_voxels: float = 2.0):
         if not color_voxels >= 0:
-            raise ValueError(f"--render_color_voxels must be 0 (colour at every sample) or more, got {color_voxels}")
+            raise SamplingError(f"--render_color_voxels must be 0 (colour at every sample) or more, got {color_voxels}")
         self.ndc = ndc
         self.dense = DenseSampler(ndc)
         self.alpha_thres, self.max_cells, self.dilation = float(alpha_thres), int(max_cells), int(dilation)
@@ -394,8 +400,8 @@ class ImportanceSampler:
     def __init__(self, coarse: RaySampler, *, coarse_ratio: float = 0.25, fine_ratio: float = 0.05,
                  uniform_mix: float = 0.3, min_fine: int = 16, volumes: FeatureVolumes | None = None):
         if not (0 < coarse_ratio <= 1 and 0 < fine_ratio <= 1 and 0 <= uniform_mix <= 1):
-            raise ValueError(f"importance sampling needs 0 < coarse_ratio, fine_ratio <= 1 and uniform_mix in [0, 1] "
-                             f"(got {coarse_ratio}, {fine_ratio}, {uniform_mix})")
+            raise SamplingError(f"--importance_coarse and --importance_fine must be in (0, 1] and --importance_uniform "
+                                f"in [0, 1] (got {coarse_ratio}, {fine_ratio}, {uniform_mix})")
         self.coarse = coarse
         self.ndc = getattr(coarse, "ndc", True)
         self.coarse_ratio, self.fine_ratio, self.uniform_mix = coarse_ratio, fine_ratio, uniform_mix
@@ -436,5 +442,5 @@ def build_sampler(name: str, ndc: bool, **options) -> RaySampler:
     """The sampler registered under ``name`` (``--sampling``); ``options`` go to its constructor (for ``fast``:
     ``alpha_thres``, ``max_cells``, ``dilation``, ``min_transmittance``, ``render_volume_mib``, ``color_voxels``)."""
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampling {name!r}: choose one of {sorted(SAMPLERS)}")
+        raise SamplingError(f"unknown sampling {name!r}: choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[name](ndc=ndc, **options)
