@@ -400,8 +400,9 @@ class ImportanceSampler:
     def __init__(self, coarse: RaySampler, *, coarse_ratio: float = 0.25, fine_ratio: float = 0.05,
                  uniform_mix: float = 0.3, min_fine: int = 16, volumes: FeatureVolumes | None = None):
         if not (0 < coarse_ratio <= 1 and 0 < fine_ratio <= 1 and 0 <= uniform_mix <= 1):
-            raise SamplingError(f"--importance_coarse and --importance_fine must be in (0, 1] and --importance_uniform "
-                                f"in [0, 1] (got {coarse_ratio}, {fine_ratio}, {uniform_mix})")
+            raise SamplingError(f"importance sampling needs coarse_ratio and fine_ratio in (0, 1] and uniform_mix in "
+                                f"[0, 1] (--importance_coarse {coarse_ratio}, --importance_fine {fine_ratio}, "
+                                f"--importance_uniform {uniform_mix})")
         self.coarse = coarse
         self.ndc = getattr(coarse, "ndc", True)
         self.coarse_ratio, self.fine_ratio, self.uniform_mix = coarse_ratio, fine_ratio, uniform_mix
