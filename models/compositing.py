@@ -48,9 +48,14 @@ def composite_rgb(weights: Tensor, rgb: Tensor, white_bg: bool) -> Tensor:
     Returns:
         ``[n_rays, 3]``.
     """
-    rgb_map = torch.sum(weights[..., None] * rgb, dim=-2)
+    return over_background(torch.sum(weights[..., None] * rgb, dim=-2), weights.sum(-1), white_bg)
+
+
+def over_background(rgb_map: Tensor, acc: Tensor, white_bg: bool) -> Tensor:
+    """Composited colours ``[n_rays, 3]`` of opacity ``acc [n_rays]`` over the background (white: ``+ 1 - acc``;
+    black: as they are), clamped to [0, 1]."""
     if white_bg:
-        rgb_map = rgb_map + (1.0 - weights.sum(-1, keepdim=True))
+        rgb_map = rgb_map + (1.0 - acc[:, None])
     return rgb_map.clamp(0, 1)
 
 

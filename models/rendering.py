@@ -18,11 +18,12 @@ from .compositing import (
     alpha_weights,
     composite_depth,
     composite_rgb,
+    over_background,
     per_frame,
     sample_weights,
     shading_anchors,
 )
-from .sampling import RaySampler, RaySteps
+from .sampling import OccupancySampler, RaySampler, RaySteps
 
 
 def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: Times, *, n_samples: int,
@@ -44,7 +45,7 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
     Returns:
         ``rgb [n_rays, 3]`` (when ``color``), ``depth [n_rays]`` (no gradient), ``acc [n_rays]``.
     """
-    if not train and hasattr(sampler, "march") and not isinstance(t, Sequence):
+    if not train and isinstance(sampler, OccupancySampler) and not isinstance(t, Sequence):
         # a render with the fast sampler: march the rays, then shade (models.sampling.OccupancySampler.march)
         steps, sigma = sampler.march(field, rays_o, rays_d, n_samples, t)
         return composite_marched(field, steps, sigma, t, white_bg, color_stride=sampler.color_stride(field),
@@ -93,10 +94,7 @@ def composite_marched(field, steps: RaySteps, sigma: Tensor, t: float, white_bg:
     points = field.normalize_coord(steps.point(ray, index))
     rgb = field.shade(points, steps.viewdirs[ray], t).to(weights.dtype)
     rgb_map = torch.zeros((weights.shape[0], 3), device=weights.device, dtype=weights.dtype)
-    rgb_map.index_add_(0, ray, anchor_w[:, None] * rgb)
-    if white_bg:
-        rgb_map = rgb_map + (1.0 - acc[:, None])
-    out["rgb"] = rgb_map.clamp(0, 1)
+    out["rgb"] = over_background(rgb_map.index_add_(0, ray, anchor_w[:, None] * rgb), acc, white_bg)
     return out
 
 

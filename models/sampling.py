@@ -96,7 +96,7 @@ class RaySteps:
     def point(self, ray: Tensor, index: Tensor) -> Tensor:
         """``[N, 3]`` box-space points of samples ``index`` of rays ``ray`` (both ``[N]``)."""
         z = self.z_vals[0, index] if self.z_vals.shape[0] == 1 else self.z_vals[ray, index]
-        return self.origins[ray] + self.directions[ray] * z[:, None]
+        return self.points(ray, z[:, None])[:, 0]
 
     def normalized(self, aabb: Tensor) -> RaySteps:
         """The same steps with points in box-normalized coordinates (``[-1, 1]`` inside ``aabb``)."""
