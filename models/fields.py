@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from common.errors import UserError
 
-from .shading import build_shader, shade_folded
+from .shading import build_shader
 from .streaming import ChannelStream
 
 log = logging.getLogger(__name__)
@@ -155,14 +155,9 @@ class StreamTensorBase(nn.Module):
         """Raw density feature ``[N]`` at normalized points ``xyz [N, 3]`` at time ``t``."""
         raise NotImplementedError
 
-    def app_components(self, xyz: Tensor, t: float) -> list[Tensor]:
-        """Appearance components at normalized points ``xyz [N, 3]`` at time ``t``: ``[C_i, N]`` blocks in the basis
-        matrix's column order (the features are ``basis_mat`` of them)."""
-        raise NotImplementedError
-
     def app_features(self, xyz: Tensor, t: float) -> Tensor:
         """Appearance features ``[N, app_dim]`` at normalized points ``xyz [N, 3]`` at time ``t``."""
-        return self.basis_mat(torch.cat(self.app_components(xyz, t)).T)
+        raise NotImplementedError
 
     #: kinds of factor multiplied in the density feature (VM: plane and line; CP: the x, y and z lines)
     factor_kinds = 2
@@ -214,15 +209,6 @@ class StreamTensorBase(nn.Module):
     def color(self, xyz: Tensor, viewdirs: Tensor, features: Tensor) -> Tensor:
         """Colour ``[N, 3]`` from normalized points, unit view directions ``[N, 3]`` and ``features``."""
         return self.renderModule(xyz, viewdirs, features)
-
-    def shade(self, xyz: Tensor, viewdirs: Tensor, t: float) -> Tensor:
-        """Colour ``[N, 3]`` at normalized points ``xyz`` seen along unit ``viewdirs`` at time ``t``: what renders
-        use. ``color(xyz, viewdirs, app_features(xyz, t))``; with an MLP shader that takes the features linearly
-        (the release's configs), the basis matrix is folded into its first layer (:func:`shade_folded`)."""
-        others = self.renderModule.other_inputs(xyz, viewdirs)
-        if others is None:
-            return self.color(xyz, viewdirs, self.app_features(xyz, t))
-        return shade_folded(self.renderModule, self.basis_mat.weight, self.app_components(xyz, t), others)
 
     # -- sizes ------------------------------------------------------------------------------------------------
     def _step_tensor(self) -> Tensor:
@@ -318,8 +304,9 @@ class StreamTensorVMSplit(StreamTensorBase):
         products = self._products(xyz, t, self.density_plane, self.density_line, self.density_streams)
         return sum(p.sum(0) for p in products)
 
-    def app_components(self, xyz: Tensor, t: float) -> list[Tensor]:
-        return self._products(xyz, t, self.app_plane, self.app_line, self.app_streams)
+    def app_features(self, xyz: Tensor, t: float) -> Tensor:
+        products = self._products(xyz, t, self.app_plane, self.app_line, self.app_streams)
+        return self.basis_mat(torch.cat(products).T)
 
     def node_density_feature(self, times: Sequence[float], z_start: int = 0, z_stop: int | None = None) -> Tensor:
         z = slice(z_start, self.gridSize[2] if z_stop is None else z_stop)
@@ -375,8 +362,8 @@ class StreamTensorCP(StreamTensorBase):
     def density_feature(self, xyz: Tensor, t: float) -> Tensor:
         return self._product(xyz, t, self.density_line, self.density_stream).sum(0)
 
-    def app_components(self, xyz: Tensor, t: float) -> list[Tensor]:
-        return [self._product(xyz, t, self.app_line, self.app_stream)]
+    def app_features(self, xyz: Tensor, t: float) -> Tensor:
+        return self.basis_mat(self._product(xyz, t, self.app_line, self.app_stream).T)
 
     factor_kinds = 3
 

@@ -61,11 +61,8 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
         app_mask = weights > field.rayMarch_weight_thres
         rgb = torch.zeros((*weights.shape, 3), device=rays_o.device, dtype=rays_o.dtype)
         dirs = samples.viewdirs[:, None, :].expand(xyz.shape)[app_mask]
-        if train or isinstance(t, Sequence):
-            colour = field.color(xyz[app_mask], dirs, per_frame(field.app_features, xyz, app_mask, t))
-        else:
-            colour = field.shade(xyz[app_mask], dirs, t)
-        rgb[app_mask] = colour.to(rgb.dtype)
+        rgb[app_mask] = field.color(xyz[app_mask], dirs,
+                                    per_frame(field.app_features, xyz, app_mask, t)).to(rgb.dtype)
         out["rgb"] = composite_rgb(weights, rgb, white_bg)
     return out
 
@@ -92,7 +89,7 @@ def composite_marched(field, steps: RaySteps, sigma: Tensor, t: float, white_bg:
     anchor_w.index_add_(0, lo, w * (1.0 - share.to(w.dtype))).index_add_(0, hi, w * share.to(w.dtype))
     ray, index = ray[anchors], index[anchors]
     points = field.normalize_coord(steps.point(ray, index))
-    rgb = field.shade(points, steps.viewdirs[ray], t).to(weights.dtype)
+    rgb = field.color(points, steps.viewdirs[ray], field.app_features(points, t)).to(weights.dtype)
     rgb_map = torch.zeros((weights.shape[0], 3), device=weights.device, dtype=weights.dtype)
     out["rgb"] = over_background(rgb_map.index_add_(0, ray, anchor_w[:, None] * rgb), acc, white_bg)
     return out

@@ -37,11 +37,6 @@ def positional_encoding(x: Tensor, n_freqs: int) -> Tensor:
     return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=-1)
 
 
-def view_inputs(viewdirs: Tensor, view_pe: int) -> Tensor:
-    """``[viewdir, PE(viewdir)]`` (just the directions when ``view_pe`` is 0), ``[N, 3]`` -> ``[N, 3 + 6 view_pe]``."""
-    return torch.cat([viewdirs, positional_encoding(viewdirs, view_pe)], -1) if view_pe > 0 else viewdirs
-
-
 def sh_bases_deg2(dirs: Tensor) -> Tensor:
     """Real spherical-harmonic bases up to degree 2 of unit directions ``[N, 3]`` -> ``[N, 9]``."""
     x, y, z = dirs.unbind(-1)
@@ -59,45 +54,7 @@ def _mlp(in_channels: int, hidden: int) -> nn.Sequential:
     return mlp
 
 
-class Shader(nn.Module):
-    """A shading module: ``forward(pts [N, 3], viewdirs [N, 3], features [N, app_dim]) -> rgb [N, 3]``."""
-
-    def other_inputs(self, pts: Tensor, viewdirs: Tensor) -> Tensor | None:
-        """The inputs of the MLP's first layer after the features (``[N, k]``), when the features enter the MLP
-        only there, in its first ``app_dim`` columns and without an encoding (what :func:`shade_folded` needs);
-        None for a shader that uses them otherwise."""
-        return None
-
-
-def shade_folded(shader: Shader, basis: Tensor, components: list[Tensor], others: Tensor) -> Tensor:
-    """``shader``'s colour of the features ``basis @ cat(components)``, without making the features.
-
-    For an MLP whose first layer takes the features linearly (:meth:`Shader.other_inputs`), the basis matrix folds
-    into that layer's weight; the layers then run channel-major (points along the columns), so neither the features
-    nor a transposed or concatenated copy of the components is made. The same colour as ``shader(pts, viewdirs,
-    features)`` up to float rounding; what renders use.
-
-    Args:
-        basis: ``[app_dim, n_comp]`` the field's basis matrix.
-        components: ``[C_i, N]`` appearance components, ``sum C_i = n_comp``, in the basis' column order.
-        others: ``[N, k]`` from :meth:`Shader.other_inputs`.
-
-    Returns:
-        ``rgb [N, 3]``.
-    """
-    first, hidden, last = shader.mlp[0], shader.mlp[2], shader.mlp[4]
-    app_dim = basis.shape[0]
-    folded = first.weight[:, :app_dim] @ basis  # [featureC, n_comp]
-    h = torch.addmm(first.bias[:, None], first.weight[:, app_dim:], others.T)
-    column = 0
-    for part in components:
-        h = h.addmm_(folded[:, column:column + part.shape[0]], part)
-        column += part.shape[0]
-    h = torch.addmm(hidden.bias[:, None], hidden.weight, h.relu_()).relu_()
-    return torch.sigmoid(torch.addmm(last.bias[:, None], last.weight, h)).T
-
-
-class MLPFeaShader(Shader):
+class MLPFeaShader(nn.Module):
     """``MLP_Fea``: MLP on ``[features, viewdir, PE(features), PE(viewdir)]``, sigmoid output."""
 
     def __init__(self, app_dim: int, view_pe: int = 6, fea_pe: int = 6, featureC: int = 128):
@@ -114,11 +71,8 @@ class MLPFeaShader(Shader):
             parts.append(positional_encoding(viewdirs, self.view_pe))
         return torch.sigmoid(self.mlp(torch.cat(parts, dim=-1)))
 
-    def other_inputs(self, pts: Tensor, viewdirs: Tensor) -> Tensor | None:
-        return None if self.fea_pe > 0 else view_inputs(viewdirs, self.view_pe)
 
-
-class MLPPEShader(Shader):
+class MLPPEShader(nn.Module):
     """``MLP_PE``: MLP on ``[features, viewdir, pts, PE(pts), PE(viewdir)]``, sigmoid output.
 
     The release sizes this MLP's input for the raw positions too but forgets to pass them (so the mode crashes
@@ -132,18 +86,15 @@ class MLPPEShader(Shader):
 
     def forward(self, pts: Tensor, viewdirs: Tensor, features: Tensor) -> Tensor:
         """``pts [N, 3]``, ``viewdirs [N, 3]``, ``features [N, app_dim]`` -> ``rgb [N, 3]``."""
-        return torch.sigmoid(self.mlp(torch.cat([features, self.other_inputs(pts, viewdirs)], dim=-1)))
-
-    def other_inputs(self, pts: Tensor, viewdirs: Tensor) -> Tensor:
-        parts = [viewdirs, pts]
+        parts = [features, viewdirs, pts]
         if self.pos_pe > 0:
             parts.append(positional_encoding(pts, self.pos_pe))
         if self.view_pe > 0:
             parts.append(positional_encoding(viewdirs, self.view_pe))
-        return torch.cat(parts, dim=-1)
+        return torch.sigmoid(self.mlp(torch.cat(parts, dim=-1)))
 
 
-class MLPShader(Shader):
+class MLPShader(nn.Module):
     """``MLP``: MLP on ``[features, viewdir, PE(viewdir)]``, sigmoid output."""
 
     def __init__(self, app_dim: int, view_pe: int = 6, featureC: int = 128):
@@ -153,13 +104,13 @@ class MLPShader(Shader):
 
     def forward(self, pts: Tensor, viewdirs: Tensor, features: Tensor) -> Tensor:
         """``pts [N, 3]``, ``viewdirs [N, 3]``, ``features [N, app_dim]`` -> ``rgb [N, 3]``."""
-        return torch.sigmoid(self.mlp(torch.cat([features, self.other_inputs(pts, viewdirs)], dim=-1)))
+        parts = [features, viewdirs]
+        if self.view_pe > 0:
+            parts.append(positional_encoding(viewdirs, self.view_pe))
+        return torch.sigmoid(self.mlp(torch.cat(parts, dim=-1)))
 
-    def other_inputs(self, pts: Tensor, viewdirs: Tensor) -> Tensor:
-        return view_inputs(viewdirs, self.view_pe)
 
-
-class SHShader(Shader):
+class SHShader(nn.Module):
     """``SH``: features are 3 x 9 degree-2 SH coefficients; ``relu(sum + 0.5)``. No parameters."""
 
     def forward(self, pts: Tensor, viewdirs: Tensor, features: Tensor) -> Tensor:
@@ -168,7 +119,7 @@ class SHShader(Shader):
         return torch.relu((bases * features.view(-1, 3, bases.shape[-1])).sum(-1) + 0.5)
 
 
-class RGBShader(Shader):
+class RGBShader(nn.Module):
     """``RGB``: the 3 features are the colour. No parameters."""
 
     def forward(self, pts: Tensor, viewdirs: Tensor, features: Tensor) -> Tensor:
@@ -176,19 +127,19 @@ class RGBShader(Shader):
         return features
 
 
-def _sh(app_dim: int, **_) -> Shader:
+def _sh(app_dim: int, **_) -> nn.Module:
     if app_dim != 27:
         raise ShadingError(f"shadingMode = SH needs data_dim_color = 27 (3 colours x 9 bases), got {app_dim}")
     return SHShader()
 
 
-def _rgb(app_dim: int, **_) -> Shader:
+def _rgb(app_dim: int, **_) -> nn.Module:
     if app_dim != 3:
         raise ShadingError(f"shadingMode = RGB needs data_dim_color = 3, got {app_dim}")
     return RGBShader()
 
 
-SHADERS: dict[str, Callable[..., Shader]] = {
+SHADERS: dict[str, Callable[..., nn.Module]] = {
     "MLP_Fea": lambda app_dim, view_pe, fea_pe, featureC, **_: MLPFeaShader(app_dim, view_pe, fea_pe, featureC),
     "MLP_PE": lambda app_dim, view_pe, pos_pe, featureC, **_: MLPPEShader(app_dim, view_pe, pos_pe, featureC),
     "MLP": lambda app_dim, view_pe, featureC, **_: MLPShader(app_dim, view_pe, featureC),
@@ -197,7 +148,7 @@ SHADERS: dict[str, Callable[..., Shader]] = {
 }
 
 
-def build_shader(shadingMode: str, app_dim: int, pos_pe: int, view_pe: int, fea_pe: int, featureC: int) -> Shader:
+def build_shader(shadingMode: str, app_dim: int, pos_pe: int, view_pe: int, fea_pe: int, featureC: int) -> nn.Module:
     """The shading module registered under ``shadingMode`` (a key of :data:`SHADERS`)."""
     if shadingMode not in SHADERS:
         raise ShadingError(f"unknown shadingMode {shadingMode!r}: choose one of {sorted(SHADERS)}")

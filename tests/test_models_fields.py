@@ -15,10 +15,9 @@ BOX = torch.tensor([[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]])
 
 def tiny(model_name="StreamTensorVMSplit", shading="MLP_Fea", app_dim=27, **kw):
     torch.manual_seed(0)
-    options = {"view_pe": 2, "fea_pe": 2, "pos_pe": 2, **kw}
     return build_model(model_name, BOX, [8, 9, 6], density_n_comp=[4, 2, 2], appearance_n_comp=[4, 2, 2],
-                       app_dim=app_dim, shadingMode=shading, near_far=[0.0, 1.0], featureC=16, fea2denseAct="relu",
-                       num_frames=6, ld_per_frame=0.5, **options)
+                       app_dim=app_dim, shadingMode=shading, near_far=[0.0, 1.0], view_pe=2, fea_pe=2, pos_pe=2,
+                       featureC=16, fea2denseAct="relu", num_frames=6, ld_per_frame=0.5, **kw)
 
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))
@@ -31,26 +30,6 @@ def test_field_interface(model_name, shading, app_dim):
     rgb = field.color(xyz, torch.nn.functional.normalize(torch.randn(10, 3), dim=-1), feats)
     assert sigma.shape == (10,) and (sigma >= 0).all()
     assert feats.shape == (10, app_dim) and rgb.shape == (10, 3)
-
-
-@pytest.mark.parametrize("model_name", sorted(MODELS))
-@pytest.mark.parametrize("shading,app_dim,fea_pe,view_pe", [
-    ("MLP_Fea", 27, 0, 0), ("MLP_Fea", 27, 0, 2), ("MLP_Fea", 27, 2, 2), ("MLP_PE", 27, 2, 2), ("MLP", 27, 2, 0),
-    ("SH", 27, 2, 2), ("RGB", 3, 2, 2)])
-def test_shade_is_the_colour_of_the_features(model_name, shading, app_dim, fea_pe, view_pe):
-    """Renders' ``shade`` (the basis folded into the MLP's first layer where the features enter it linearly) gives
-    ``color(app_features)``: the same numbers up to float rounding, for every field and shading mode."""
-    field = tiny(model_name, shading, app_dim, fea_pe=fea_pe, view_pe=view_pe)
-    with torch.no_grad():  # the output bias starts at zero: make every bias count
-        for layer in getattr(field.renderModule, "mlp", []):
-            if isinstance(layer, torch.nn.Linear):
-                layer.bias.add_(0.1 * torch.randn_like(layer.bias))
-    xyz = torch.rand(50, 3) * 2 - 1
-    dirs = torch.nn.functional.normalize(torch.randn(50, 3), dim=-1)
-    folds = field.renderModule.other_inputs(xyz, dirs) is not None
-    assert folds == (shading.startswith("MLP") and not (shading == "MLP_Fea" and fea_pe > 0))
-    expected = field.color(xyz, dirs, field.app_features(xyz, 0.3))
-    assert torch.allclose(field.shade(xyz, dirs, 0.3), expected, atol=1e-6)
 
 
 def test_release_state_dict_keys():
