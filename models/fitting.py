@@ -25,6 +25,7 @@ from common.atomic import remove_stale_temporaries
 from common.image_io import depth_to_color, to_uint8, write_rgb
 
 from .checkpoint import checkpoint_name, save_checkpoint
+from .compositing import distortion
 from .fields import N_to_reso, StreamTensorBase, n_samples_for, voxel_schedule
 from .occupancy import FeatureVolumes
 from .pixel_batches import MotionSampler, UniformSampler
@@ -197,6 +198,10 @@ class Trainer:
         mse = F.mse_loss(out["rgb"], target)
         total = mse
         stats = {}
+        if s.distortion_weight > 0:
+            reg = distortion(out["weights"], out["z_vals"]).mean()
+            total = total + s.distortion_weight * reg
+            stats["reg_distortion"] = reg.item()
         if s.Ortho_weight > 0:
             reg = orthogonality(field_)
             total = total + s.Ortho_weight * reg

@@ -43,7 +43,8 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
         color: False: depth and opacity only (no appearance lookups nor shading).
 
     Returns:
-        ``rgb [n_rays, 3]`` (when ``color``), ``depth [n_rays]`` (no gradient), ``acc [n_rays]``.
+        ``rgb [n_rays, 3]`` (when ``color``), ``depth [n_rays]`` (no gradient), ``acc [n_rays]``; in training also
+        ``weights [n_rays, n_samples]`` and ``z_vals [n_rays or 1, n_samples]`` (for losses on the weights).
     """
     if not train and isinstance(sampler, OccupancySampler) and not isinstance(t, Sequence):
         # a render with the fast sampler: march the rays, then shade (models.sampling.OccupancySampler.march)
@@ -57,6 +58,8 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
     with torch.no_grad():
         depth = composite_depth(weights, samples.z_vals, far_value)
     out = {"depth": depth, "acc": weights.sum(-1)}
+    if train:  # what training losses on the weights need (full-image renders keep per-ray outputs only)
+        out["weights"], out["z_vals"] = weights, samples.z_vals
     if color:
         app_mask = weights > field.rayMarch_weight_thres
         rgb = torch.zeros((*weights.shape, 3), device=rays_o.device, dtype=rays_o.dtype)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models.compositing import alpha_weights, composite_depth, composite_rgb, shading_anchors
+from models.compositing import alpha_weights, composite_depth, composite_rgb, distortion, shading_anchors
 from models.sampling import next_distances, steps_box, steps_ndc
 
 BOX = torch.tensor([[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]])
@@ -73,6 +73,22 @@ def test_box_sampling_starts_at_the_box():
     s = steps_box(rays_o, rays_d, 0.0, 100.0, 4, 0.5, BOX, train=False).samples(BOX)
     assert torch.allclose(s.z_vals, torch.tensor([[4.0, 4.5, 5.0, 5.5]]))
     assert torch.allclose(s.xyz[0, :, 2], torch.tensor([-1.0, -0.5, 0.0, 0.5]))
+
+
+def test_distortion_by_hand_and_against_the_pair_sum():
+    # all weight on one interval of length 0.5: only the 1/3 w^2 length term, 1/3 * 0.25
+    z = torch.tensor([[0.0, 0.5, 1.0]])
+    assert torch.allclose(distortion(torch.tensor([[0.0, 0.5, 0.0]]), z), torch.tensor([0.25 * 0.5 / 3]))
+    # half on [0, 0.5), half on [0.5, 1): midpoints 0.5 apart (pairs 2 * 0.5 * 0.5 * 0.5), lengths 2 * 0.25 * 0.5 / 3
+    both = distortion(torch.tensor([[0.5, 0.5, 0.0]]), z)
+    assert torch.allclose(both, torch.tensor([2 * 0.25 * 0.5 + 2 * 0.25 * 0.5 / 3]))
+    g = torch.Generator().manual_seed(0)
+    w, z = torch.rand(4, 9, generator=g), torch.rand(4, 9, generator=g).sort(-1).values
+    length = torch.cat([z[:, 1:] - z[:, :-1], torch.zeros(4, 1)], -1)
+    mid = z + length / 2
+    pairs = (w[:, :, None] * w[:, None, :] * (mid[:, :, None] - mid[:, None, :]).abs()).sum((1, 2))
+    assert torch.allclose(distortion(w, z), pairs + (w**2 * length).sum(-1) / 3)
+    assert torch.allclose(distortion(w[:1], z[:1]).expand(4), distortion(w[:1].expand(4, -1), z[:1]))
 
 
 def test_shading_anchors_by_hand():
