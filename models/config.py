@@ -162,7 +162,8 @@ def parse_frame_list(value) -> list[int]:
 # Numeric options and their smallest valid value (checked before any work starts).
 POSITIVE_OPTIONS = {"n_iters": 1, "batch_size": 1, "N_voxel_init": 1, "N_voxel_final": 1, "nSamples": 1,
                     "step_ratio": 1e-6, "downsample_train": 1e-6, "chunk": 1, "num_frames": 0,
-                    "progress_refresh_rate": 1, "distortion_weight": 0}
+                    "progress_refresh_rate": 1, "distortion_weight": 0, "L1_weight_inital": 0, "Ortho_weight": 0,
+                    "TV_weight_density": 0, "TV_weight_app": 0, "lr_init": 0, "lr_basis": 0}
 
 
 def check_torch_device(device, key: str = "device"):

@@ -182,6 +182,8 @@ def test_editors_exit_when_the_trainer_is_killed(tmp_path):
     (["--n_iters", "-5"], "n_iters = -5: must be at least 1"),
     (["--batch_size", "0"], "batch_size = 0: must be at least 1"),
     (["--distortion_weight", "-0.001"], "distortion_weight = -0.001: must be at least 0"),
+    (["--TV_weight_app", "-1"], "TV_weight_app = -1.0: must be at least 0"),
+    (["--lr_init", "-0.02"], "lr_init = -0.02: must be at least 0"),
     (["--device", "cuda:3"], "device = cuda:3"),
     (["--device", "gpu"], "device = 'gpu': not a device"),
 ])
