@@ -123,6 +123,14 @@ class ChannelStream:
         ld = GROUPED_LD if self.group > 1 else self.ld_per_frame
         self.rows = channel_table(self.n_comp // self.group, self.num_frames, ld) if self.enabled else []
         self.stored = stored_channels(self.n_comp, self.num_frames, self.ld_per_frame) if self.enabled else self.n_comp
+        needed = max((max(self._channels(idx)) for idx, _ in self.rows), default=-1) + 1
+        if self.num_frames > 1 and needed > self.stored:  # (one frame: time 0 only, the entering channel unused)
+            # the release's channel count and table disagree when 1 / ld_per_frame is not a whole number
+            raise StreamingError(
+                f"ld_per_frame = {self.ld_per_frame:g} with {self.num_frames} frames: the streaming table needs "
+                f"{needed} channels per factor but {self.stored} are stored (a new channel every "
+                f"int(1 / ld_per_frame) frames outruns ceil((num_frames - 1) * ld_per_frame)); use 1 / k "
+                "(1, 0.5, 0.25, 0.2, 0.1, ...), 0, or a whole number above 1 in the config")
         self._index_cache: dict[tuple[int, torch.device], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
     def _channels(self, groups: list[int]) -> list[int]:

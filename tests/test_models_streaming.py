@@ -105,3 +105,16 @@ def test_rows_join_continuously(n_comp, num_frames, ld):
         entering = [idx[1:][p] for p in perm]
         leaving_next = [([next_idx[0]] + next_idx[2:])[p] for p in next_perm]
         assert entering == leaving_next
+
+
+def test_fractions_whose_table_outruns_the_stored_channels_are_named():
+    # 0.7 adds a channel every int(1 / 0.7) = 1 frame: the table reaches channel 4 + 8 + 1 = 13, but 4 + ceil(9 * 0.7)
+    # = 11 are stored
+    with pytest.raises(StreamingError, match="= 0.7 with 10 frames: .* needs 13 channels .* 11 are stored"):
+        ChannelStream(4, 10, 0.7)
+    for ld in (1, 0.5, 0.25, 0.2, 0.1, 1 / 3):  # 1 / k: every stored channel is reachable and none beyond
+        for frames in (2, 3, 10, 50, 300):
+            stream = ChannelStream(4, frames, ld)
+            assert max(stream.reachable()) < stream.stored
+            for t in (0.0, 0.37, 1.0):
+                assert stream.select(torch.zeros(1, stream.stored, 2, 1), t).shape == (1, 4, 2, 1)
