@@ -86,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             trainer.train()
         except KeyboardInterrupt:
-            path = trainer.save()
-            log.warning("interrupted: checkpoint %s; resume with --ckpt %s", path, path)
+            path = trainer.save() or args.ckpt
+            if path:
+                log.warning("interrupted: checkpoint %s; resume with --ckpt %s", path, path)
+            else:
+                log.warning("interrupted before the first iteration: nothing to checkpoint")
             return 130
         trainer.save()
         final_renders(trainer.field, sampler, scene, args, run_dir, test=bool(args.render_test),

@@ -366,7 +366,8 @@ class EditRun:
             self.bar.close()
             path = trainer.save()
             self.save_state()
-            resume = f"resume with the same command plus --resume (checkpoint {path}, edit state in {self.run_dir})"
+            saved = f"checkpoint {path}, " if path else ""
+            resume = f"resume with the same command plus --resume ({saved}edit state in {self.run_dir})"
             if isinstance(err, Interrupted):
                 log.warning("interrupted: %s", resume)
                 return 130

@@ -78,7 +78,7 @@ class Trainer:
         self.scene = scene
         self.settings = settings
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.iteration = int(start_iteration)
+        self.iteration = self.start_iteration = int(start_iteration)
         self.generator = torch.Generator().manual_seed(settings.seed + self.iteration)
         self.sampler = build_sampler(settings.sampling, scene.ndc, **settings.sampler_options())
         self.dense_sampler = build_sampler("dense", scene.ndc)
@@ -313,14 +313,20 @@ class Trainer:
         """Checkpoint after the last completed iteration (``{run_dir}/ckpt-{iteration}.th``, atomically), with the
         optimizer state; older ``ckpt-*.th`` of the run dir are then removed unless ``keep_others`` (not when
         ``path`` is given)."""
-        if self.iteration == 0 and path is None:
-            log.info("no iteration completed yet: nothing to checkpoint")
+        if self.iteration == self.start_iteration and path is None:
+            # nothing new: a resumed checkpoint (perhaps the user's own file, under this very name) stays as it is
+            log.info("no iteration completed since iteration %d: nothing to checkpoint", self.start_iteration)
             return None
         auto = path is None
         if auto:
             if self.run_dir is None:
                 raise ValueError("Trainer.save needs a path when the trainer has no run_dir")
             path = self.run_dir / checkpoint_name(self.iteration - 1)
+            if path.exists() and path not in self.written:  # another run's checkpoint under this name: kept aside
+                kept = next(path.with_name(f"{path.name}.kept{n or ''}") for n in range(10**6)
+                            if not path.with_name(f"{path.name}.kept{n or ''}").exists())
+                path.replace(kept)
+                log.warning("%s was not written by this run: moved to %s before saving", path, kept)
         path = save_checkpoint(self.field, path, iteration=self.iteration - 1, optimizer=self.optimizer)
         if auto and not keep_others:
             # only checkpoints this trainer wrote: a resumed-from or earlier run's checkpoint is never removed

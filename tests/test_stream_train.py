@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,30 @@ def test_render_only(trained):
                                      "--render_path", "0"]) == 0
     assert mean.is_file()
     assert [p.name for p in run.glob("ckpt-*.th")] == ["ckpt-29.th"]
+
+
+def test_resuming_a_finished_checkpoint_leaves_it_as_it_was(trained):
+    run, argv = trained
+    before = (run / "ckpt-29.th").read_bytes()
+    # n_iters 30: the checkpoint is at its last iteration, so nothing is fitted and nothing may be rewritten
+    assert stream_train.main(argv + ["--ckpt", str(run / "ckpt-29.th"), "--render_test", "0",
+                                     "--render_path", "0"]) == 0
+    assert (run / "ckpt-29.th").read_bytes() == before
+    assert [p.name for p in run.glob("ckpt-*.th")] == ["ckpt-29.th"]
+
+
+def test_a_checkpoint_of_another_branch_under_the_same_name_is_kept_aside(trained, tmp_path):
+    run, argv = trained
+    # a resume continues in the checkpoint's folder: here one that also holds a later checkpoint of another branch
+    branch = tmp_path / "branch"
+    branch.mkdir()
+    shutil.copy(run / "ckpt-29.th", branch / "ckpt-29.th")
+    (branch / "ckpt-31.th").write_bytes(b"another branch's checkpoint")
+    assert stream_train.main(argv + ["--ckpt", str(branch / "ckpt-29.th"), "--n_iters", "32", "--render_test", "0",
+                                     "--render_path", "0"]) == 0
+    assert (branch / "ckpt-31.th.kept").read_bytes() == b"another branch's checkpoint"
+    assert read_checkpoint(branch / "ckpt-31.th")["instruct4d"]["iteration"] == 31
+    assert (branch / "ckpt-29.th").is_file()
 
 
 def test_resume_continues_from_saved_iteration(trained, monkeypatch):
