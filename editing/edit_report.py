@@ -74,15 +74,17 @@ class EvalOptions:
     extra: dict = field(default_factory=dict)
 
 
-def edit_args(run_dir: Path, datadir: str | None):
-    """The edit's options, read back from its ``config.txt`` (with ``--datadir`` overriding the saved one)."""
+def edit_args(run_dir: Path, datadir: str | None, device: str = "cpu"):
+    """The edit's options, read back from its ``config.txt`` (with ``--datadir`` overriding the saved one, and the
+    devices set to the scoring's ``device``: the edit's GPUs need not exist where it is scored)."""
     from editing.options import parse_edit_args
 
     config = run_dir / "config.txt"
     if not config.is_file():
         raise EvaluationError(f"{run_dir} has no config.txt: pass the run directory stream_edit.py wrote")
     # --resume: a run's config.txt does not record its checkpoint (edit_state.json does); only the options are read
-    argv = ["--config", str(config), "--resume"] + (["--datadir", datadir] if datadir else [])
+    argv = (["--config", str(config), "--resume", "--device", device, "--ip2p_device", device]
+            + (["--datadir", datadir] if datadir else []))
     try:
         return parse_edit_args(argv)
     except ConfigError as err:
@@ -205,7 +207,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions) -> dict:
     if not (run_dir / IMAGES_FILE).is_file():
         raise EvaluationError(f"{run_dir} holds no edit ({IMAGES_FILE} is missing): pass the run directory of a "
                               f"stream_edit.py run (a training run directory has no edit to score)")
-    args = edit_args(run_dir, options.datadir)
+    args = edit_args(run_dir, options.datadir, options.device)
     state = json.loads((run_dir / STATE_FILE).read_text()) if (run_dir / STATE_FILE).is_file() else {}
     edited = np.load(run_dir / IMAGES_FILE, mmap_mode="r")
     out = Path(options.out) if options.out else run_dir / "eval"

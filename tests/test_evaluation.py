@@ -224,8 +224,9 @@ def test_evaluate_edit_scores_a_dataset_against_the_ground_truth(tmp_path, small
     night = to_uint8(INSTRUCTIONS["night"].apply(original / 255.0, None))
     run = tmp_path / "edit"
     run.mkdir()
+    # made on two GPUs this machine lacks: scored here on --device (cpu) all the same
     (run / "config.txt").write_text(f"dataset_name = synthetic\ndatadir = {small_scene_dir}\nprompt = make it night\n"
-                                    f"ckpt = {tmp_path / 'nerf'}\n")
+                                    f"ckpt = {tmp_path / 'nerf'}\ndevice = cuda:0\nip2p_device = cuda:1\n")
     np.save(run / "edited_images.npy", night)
     assert main([str(run), "--renders", "none", "--clip_model", str(tiny_clip_dir)]) == 0
     report = json.loads((run / "eval" / "metrics.json").read_text())
