@@ -23,7 +23,7 @@ from models import FitSettings, Trainer, build_sampler, field_from_args
 from models.checkpoint import latest_checkpoint
 from models.config import ConfigError, parse_args, write_config
 from runner.outputs import final_renders
-from runner.start import Start, load_field, scene_from_args
+from runner.start import Start, keep_previous_config, load_field, scene_from_args
 from runner.start import run_directory as runner_directory
 
 log = logging.getLogger("stream_train")
@@ -34,18 +34,6 @@ def run_directory(args) -> Path:
     if args.ckpt:
         return Path(args.ckpt).parent
     return runner_directory(args.basedir, args.expname, bool(args.add_timestamp))
-
-
-def keep_previous_config(path: Path) -> Path | None:
-    """Rename an existing ``config.txt`` (a resumed run's) to ``config-{n}.txt`` so each run's options are kept."""
-    if not path.exists():
-        return None
-    n = 1
-    while path.with_name(f"{path.stem}-{n}{path.suffix}").exists():
-        n += 1
-    kept = path.rename(path.with_name(f"{path.stem}-{n}{path.suffix}"))
-    log.info("the previous run's %s is kept as %s", path.name, kept.name)
-    return kept
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from models import FitSettings, Trainer, build_sampler, render_image
 from models.checkpoint import latest_checkpoint
 from models.config import ConfigError, write_config
 from runner.outputs import render_path_views, render_test_views
-from runner.start import Start, load_field, scene_from_args
+from runner.start import Start, keep_previous_config, load_field, scene_from_args
 from runner.start import run_directory as runner_directory
 
 from .depth_cache import DepthCache
@@ -126,6 +126,10 @@ class EditRun:
         if Path(args.ckpt).resolve().parent == run_dir.resolve():
             raise ConfigError(f"the edit's run directory {run_dir} is the folder of --ckpt {args.ckpt}; the edit "
                               "would replace its checkpoints: pass another --expname")
+        others = sorted(p.name for p in run_dir.glob("ckpt-*.th")) if not has_state else []
+        if others:  # e.g. the training run's folder: its config, renders and checkpoints are not the edit's to replace
+            raise ConfigError(f"{run_dir} holds checkpoints of another run ({', '.join(others)}) and no edit: pass "
+                              "another --expname for the edit (nothing was overwritten)")
         if not args.datadir:
             raise ConfigError("no scene given: pass --datadir (or datadir = ... in the config)")
         # the editor's weights: checked before anything is loaded or written, loaded in the editor processes
@@ -174,6 +178,7 @@ class EditRun:
             self.state.info["ckpt"] = str(Path(args.ckpt).resolve())
         written = copy.copy(args)
         del written.resume
+        keep_previous_config(run_dir / "config.txt")  # a resume's options may differ: the earlier ones are kept
         write_config(written, run_dir / "config.txt", build_edit_parser())
 
         # 4. depth of every camera at the frames the schedule warps between cameras

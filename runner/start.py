@@ -22,6 +22,18 @@ def run_directory(basedir: str | Path, expname: str, timestamp: bool) -> Path:
     return Path(basedir) / name
 
 
+def keep_previous_config(path: Path) -> Path | None:
+    """Rename an existing ``config.txt`` (a resumed run's) to ``config-{n}.txt`` so each run's options are kept."""
+    if not path.exists():
+        return None
+    n = 1
+    while path.with_name(f"{path.stem}-{n}{path.suffix}").exists():
+        n += 1
+    kept = path.rename(path.with_name(f"{path.stem}-{n}{path.suffix}"))
+    log.info("the previous run's %s is kept as %s", path.name, kept.name)
+    return kept
+
+
 def scene_from_args(args):
     """The scene the options describe (``dataset_name``, ``datadir``, ``downsample_train``, frames, cameras, NDC)."""
     if not args.datadir:

@@ -7,6 +7,7 @@ import json
 import logging
 import multiprocessing
 import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -149,6 +150,7 @@ def test_failing_editor_saves_and_resume_skips_done_work(edit_argv, tmp_path, mo
     # resume: the 7 units left, none again
     assert stream_edit.main(argv + ["--resume"]) == 0
     assert len(calls.read_text().split()) == 8
+    assert (run / "config-1.txt").is_file(), "the first part's options are kept beside the resume's"
     state = json.loads((run / "edit_state.json").read_text())
     assert len([k for k in state["done"] if k.count("/") >= 2]) == 8
 
@@ -164,6 +166,12 @@ def test_bad_input_is_named(edit_argv, fitted, tmp_path, caplog):
         same = edit_argv("nerf", "--basedir", str(fitted.parent.parent), "--ckpt", str(fitted.parent))
         assert stream_edit.main(same) == 2  # the edit would write into the NeRF's folder
         assert "is the folder of --ckpt" in caplog.text
+        foreign = tmp_path / "log" / "trained"
+        foreign.mkdir(parents=True)
+        shutil.copy(fitted, foreign / "ckpt-99999.th")  # another run's folder, given as the edit's
+        assert stream_edit.main(edit_argv("trained")) == 2
+        assert "holds checkpoints of another run (ckpt-99999.th) and no edit" in caplog.text
+        assert sorted(p.name for p in foreign.iterdir()) == ["ckpt-99999.th"]
         assert stream_edit.main(edit_argv("f", "--editor", "no_such_module:factory")) == 2
         assert "--editor 'no_such_module:factory': cannot import it" in caplog.text
         assert stream_edit.main(edit_argv("e", "--prompt", " ")) == 2
