@@ -168,7 +168,7 @@ class EditRun:
         identity = {"prompt": args.prompt, "edit_schedule": args.edit_schedule, "shape": list(scene.images.shape),
                     "sequence_length": args.sequence_length, "overlap_length": args.overlap_length,
                     "keyframe_rounds": args.keyframe_rounds, "key_cams": self.key_cams, "edit_seed": args.edit_seed,
-                    "editor": args.editor}
+                    "editor": args.editor, "workers": args.workers}  # workers: how the stages split the cameras
         run_dir.mkdir(parents=True, exist_ok=True)
         if args.resume:
             self.state = EditState.load(run_dir, identity, scene.images)

@@ -81,7 +81,9 @@ class EditState:
             raise ResumeError(f"nothing to resume in {run_dir}: {STATE_FILE} and {IMAGES_FILE} are missing; "
                               "start the edit without --resume")
         saved = json.loads((run_dir / STATE_FILE).read_text())
-        differ = {k: (saved["identity"].get(k), v) for k, v in identity.items() if saved["identity"].get(k) != v}
+        # a key the saved identity lacks was added after that edit began (its value then was the default's)
+        differ = {k: (saved["identity"][k], v) for k, v in identity.items()
+                  if k in saved["identity"] and saved["identity"][k] != v}
         if differ:
             detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differ.items())
             raise ResumeError(f"{run_dir / STATE_FILE} belongs to another edit ({detail}); use a new --expname, "

@@ -7,7 +7,7 @@ import torch
 
 from editing.state import IMAGES_FILE, STATE_FILE, EditState, ResumeError
 
-IDENTITY = {"prompt": "make it snowy", "schedule": "keyframe", "shape": [2, 3, 4, 5, 3]}
+IDENTITY = {"prompt": "make it snowy", "schedule": "keyframe", "shape": [2, 3, 4, 5, 3], "workers": 1}
 
 
 def test_save_then_resume(tmp_path):
@@ -31,6 +31,9 @@ def test_refuses_other_edit(tmp_path):
     EditState(tmp_path, IDENTITY).save(images)
     with pytest.raises(ResumeError, match="prompt: saved 'make it snowy', now 'van gogh'"):
         EditState.load(tmp_path, {**IDENTITY, "prompt": "van gogh"}, images)
+    # the units of a stage are named after how the cameras were split among the editor processes
+    with pytest.raises(ResumeError, match="workers: saved 1, now 2"):
+        EditState.load(tmp_path, {**IDENTITY, "workers": 2}, images)
     with pytest.raises(ResumeError, match="uint8 \\(1, 3, 4, 5, 3\\)"):
         EditState.load(tmp_path, IDENTITY, torch.zeros((1, 3, 4, 5, 3), dtype=torch.uint8))
     with pytest.raises(ResumeError, match="nothing to resume"):
@@ -56,3 +59,10 @@ def test_failed_write_keeps_previous_files(tmp_path, monkeypatch):
     EditState.load(tmp_path, IDENTITY, restored)
     assert torch.equal(restored, images)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([IMAGES_FILE, STATE_FILE])
+
+
+def test_an_identity_key_added_later_does_not_refuse_an_older_edit(tmp_path):
+    images = torch.zeros((2, 3, 4, 5, 3), dtype=torch.uint8)
+    older = {k: v for k, v in IDENTITY.items() if k != "workers"}
+    EditState(tmp_path, older).save(images)
+    assert EditState.load(tmp_path, IDENTITY, images).done == []
