@@ -40,8 +40,10 @@ class DepthCache:
 
     def __init__(self, folder: str | Path, ckpt: str | Path, scene, field=None, sampler=None, chunk: int = 4096):
         self.folder = Path(folder)
+        # which cameras were loaded, not just how many: a shared --cache may serve another skip_cams
         self.identity = {**checkpoint_identity(ckpt), "height": scene.height, "width": scene.width,
-                         "num_cams": scene.num_cams}
+                         "num_cams": scene.num_cams, "cam_ids": [int(c) for c in scene.cam_ids],
+                         "ndc": bool(scene.ndc)}
         self.scene = scene
         self.field = field
         self.sampler = sampler
@@ -59,7 +61,8 @@ class DepthCache:
         except (OSError, RuntimeError, EOFError) as err:
             log.warning("depth cache %s unreadable (%s); rendering it again", path, err)
             return False
-        return saved.get("identity") == self.identity
+        # frame index f is the time of f: another frame_list or num_frames puts another time under that index
+        return saved.get("identity") == self.identity and saved.get("time") == float(self.scene.times[frame])
 
     @torch.no_grad()
     def render(self, frame: int) -> Path:
@@ -74,7 +77,7 @@ class DepthCache:
             depths.append(depth)
             points.append(depth_to_points(depth, scene.K[cam], scene.pose(frame, cam), ndc=scene.ndc))
         data = {"depth": torch.stack(depths).float(), "points": torch.stack(points).float(),
-                "identity": self.identity, "frame": frame, "ndc": bool(scene.ndc)}
+                "identity": self.identity, "frame": frame, "time": float(scene.times[frame]), "ndc": bool(scene.ndc)}
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path(frame), lambda handle: torch.save(data, handle))
         return self.path(frame)

@@ -247,3 +247,21 @@ def test_baseline_schedules_end_to_end(edit_argv, tmp_path, monkeypatch, schedul
     sizes = [int(n) for n in (tmp_path / "calls.txt").read_text().split()]
     assert len(sizes) == calls and sum(sizes) == 12  # every image edited exactly once
     assert not (tmp_path / "log" / schedule / "cache").exists()  # no depth needed
+
+
+def test_depth_cache_knows_which_cameras_and_times_it_holds(small_scene_dir, fitted, tmp_path):
+    from editing.depth_cache import DepthCache
+    from models import build_sampler, load_checkpoint
+
+    field, _ = load_checkpoint(fitted)
+    without_0 = load_scene("synthetic", small_scene_dir, skip_cams=[0])
+    without_1 = load_scene("synthetic", small_scene_dir, skip_cams=[1])
+    sampler = build_sampler("dense", without_0.ndc)
+    folder = tmp_path / "cache"
+    DepthCache(folder, fitted, without_0, field, sampler).ensure([0])
+    assert DepthCache(folder, fitted, without_0).cached(0)
+    # as many cameras and the same size, but not the same cameras: the cache does not serve them
+    assert not DepthCache(folder, fitted, without_1).cached(0)
+    without_0.times = without_0.times.clone()
+    without_0.times[0] = 0.5  # another frame under index 0
+    assert not DepthCache(folder, fitted, without_0).cached(0)
