@@ -166,6 +166,7 @@ class EditRun:
         self.settings = settings
         self.key_cams = self.resolve_key_cams()
         identity = {"prompt": args.prompt, "edit_schedule": args.edit_schedule, "shape": list(scene.images.shape),
+                    "cam_ids": [int(c) for c in scene.cam_ids], "times": [round(float(t), 6) for t in scene.times],
                     "sequence_length": args.sequence_length, "overlap_length": args.overlap_length,
                     "keyframe_rounds": args.keyframe_rounds, "key_cams": self.key_cams, "edit_seed": args.edit_seed,
                     "editor": args.editor, "workers": args.workers}  # workers: how the stages split the cameras
