@@ -9,6 +9,7 @@ claims work the saved images do not hold.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,10 @@ import torch
 
 from common.atomic import atomic_write
 from common.errors import UserError
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT_S = 60  # longest wait for the image store's lock when saving (writes under it take milliseconds)
 
 STATE_FILE = "edit_state.json"
 IMAGES_FILE = "edited_images.npy"
@@ -50,11 +55,17 @@ class EditState:
     def save(self, images: torch.Tensor, lock=None) -> None:
         """Write the image store (read under ``lock`` when given) and the list of finished work."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if lock is None:
+        # an editor terminated inside a write leaves the lock held forever: then the store is read without it (the
+        # unit it was writing is not marked done, so a resume edits it again)
+        held = lock is not None and lock.acquire(timeout=LOCK_TIMEOUT_S)
+        if lock is not None and not held:
+            log.warning("the image store's lock was not released in %d s (an editor stopped mid-write?): saving "
+                        "without it", LOCK_TIMEOUT_S)
+        try:
             snapshot = images.numpy().copy()
-        else:
-            with lock:
-                snapshot = images.numpy().copy()
+        finally:
+            if held:
+                lock.release()
         atomic_write(self.run_dir / IMAGES_FILE, lambda f: np.save(f, snapshot))
         text = json.dumps({"identity": self.identity, "done": self.done, "info": self.info}, indent=1).encode()
         atomic_write(self.run_dir / STATE_FILE, lambda f: f.write(text))

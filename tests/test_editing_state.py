@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,3 +67,19 @@ def test_an_identity_key_added_later_does_not_refuse_an_older_edit(tmp_path):
     older = {k: v for k, v in IDENTITY.items() if k != "workers"}
     EditState(tmp_path, older).save(images)
     assert EditState.load(tmp_path, IDENTITY, images).done == []
+
+
+def test_a_lock_left_held_by_a_terminated_editor_does_not_hang_the_save(tmp_path, monkeypatch):
+    import multiprocessing
+
+    import editing.state as state_module
+
+    monkeypatch.setattr(state_module, "LOCK_TIMEOUT_S", 0.2)
+    lock = multiprocessing.get_context("spawn").Lock()
+    lock.acquire()  # as an editor killed inside ImageStore.put leaves it
+    images = torch.full((2, 3, 4, 5, 3), 7, dtype=torch.uint8)
+    EditState(tmp_path, IDENTITY).save(images, lock)
+    assert (np.load(tmp_path / IMAGES_FILE) == 7).all()
+    lock.release()
+    EditState(tmp_path, IDENTITY).save(images, lock)  # a free lock is taken and given back
+    assert lock.acquire(timeout=1)
