@@ -299,13 +299,15 @@ class EditRun:
     def refresh_from_nerf(self, pass_index: int) -> None:
         """Pass 2 and later start from the NeRF's renders: write them into the store (iterative dataset update)."""
         scene, store = self.scene, ImageStore(self.scene.images, self.scene.original, self.lock)
+        # a monocular capture's validation cameras are neither fitted nor edited: they keep their real frames
+        cams = list(scene.train_cams) if scene.moving else list(range(scene.num_cams))
         with torch.no_grad():
             for frame in tqdm(range(scene.num_frames), desc=f"pass {pass_index}: NeRF renders into the dataset",
                               leave=False):
                 rgbs = [render_image(self.trainer.field, self.trainer.sampler, scene, frame, cam,
                                      chunk=self.args.chunk, white_bg=self.args.white_bkgd)["rgb"].cpu()
-                        for cam in range(scene.num_cams)]
-                store.put(frame, list(range(scene.num_cams)), torch.stack(rgbs).permute(0, 3, 1, 2))
+                        for cam in cams]
+                store.put(frame, cams, torch.stack(rgbs).permute(0, 3, 1, 2))
 
     def edit(self) -> None:
         args, state = self.args, self.state

@@ -278,6 +278,10 @@ def test_monocular_edit_schedule_end_to_end(mono_fitted, tmp_path, one_thread):
     # the validation cameras are never edited; the moving camera's every frame is
     assert np.array_equal(edited[:, 1:], scene.original[:, 1:].numpy())
     assert (np.abs(edited[:, 0].astype(int) - scene.original[:, 0].numpy()).mean(axis=(1, 2, 3)) > 5).all()
+    # a second pass starts from the NeRF's renders of the moving camera only: the validation frames stay real
+    assert stream_edit.main(argv("mono2", "--edit_rounds", "2")) == 0
+    twice = np.load(tmp_path / "log" / "mono2" / "edited_images.npy")
+    assert np.array_equal(twice[:, 1:], scene.original[:, 1:].numpy())
 
     # 2. more consistent over time than editing every frame alone
     assert stream_edit.main(argv("perframe", "--edit_schedule", "perframe")) == 0
