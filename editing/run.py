@@ -375,7 +375,9 @@ class EditRun:
             path = trainer.save()
             self.save_state()
             saved = f"checkpoint {path}, " if path else ""
-            resume = f"resume with the same command plus --resume ({saved}edit state in {self.run_dir})"
+            again = ("the same command plus --resume" if self.run_dir.name == self.args.expname else
+                     f"the same command plus --resume --expname {self.run_dir.name}")  # a timestamped run's name
+            resume = f"resume with {again} ({saved}edit state in {self.run_dir})"
             if isinstance(err, Interrupted):
                 log.warning("interrupted: %s", resume)
                 return 130
