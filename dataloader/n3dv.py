@@ -17,11 +17,11 @@ import cv2
 import numpy as np
 import torch
 
-from common.image_io import read_rgb, write_rgb
+from common.image_io import ImageError, read_rgb, write_rgb
 
 from . import cameras
 from .scene import NDC_SCENE_BOX, Scene, SceneError
-from .video import VideoError, extract_frames
+from .video import extract_frames
 
 FRAME_HINT = "delete it and re-run tools/prepare_video.py on the scene folder"
 log = logging.getLogger(__name__)
@@ -154,13 +154,14 @@ def cache_dir_name(downsample: float) -> str:
 
 def load_frame(source: Path, cache: Path | None, size: tuple[int, int]) -> np.ndarray:
     """One frame at ``size = (W, H)``, read from the PNG cache or resized from the source and cached."""
-    if cache is not None and cache.exists():
+    # a cache entry older than its source (frames replaced or re-extracted since) or damaged is rebuilt
+    if cache is not None and cache.exists() and cache.stat().st_mtime >= source.stat().st_mtime:
         try:
             image = read_rgb(cache, FRAME_HINT)
             if image.shape[1::-1] == size:
                 return image
-        except VideoError:
-            pass  # a damaged cache entry is simply rebuilt
+        except ImageError:
+            log.warning("damaged cached frame %s: resizing %s again", cache, source)
     image = read_rgb(source, FRAME_HINT)
     if image.shape[1::-1] != size:
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.image_io import ImageError
+from common.image_io import ImageError, write_rgb
 from dataloader import DATASETS, SceneError, cameras, load_scene
 
 
@@ -153,6 +154,16 @@ def test_downsample_cache_is_reused(small_scene_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(n3dv.cv2, "resize", no_resize)
     second = load_scene("synthetic", datadir, downsample=2)
     assert torch.equal(first.images, second.images)
+    monkeypatch.undo()
+
+    # a damaged entry is rebuilt, and so is one older than its source frame (the frames were replaced since)
+    cached[0].write_bytes(b"")
+    source = sorted((datadir / "frames" / "cam01").glob("*"))[1]
+    write_rgb(source, np.zeros((36, 48, 3), np.uint8))
+    os.utime(source, (cached[1].stat().st_mtime + 10,) * 2)
+    third = load_scene("synthetic", datadir, downsample=2)
+    assert torch.equal(third.images[0, 1], first.images[0, 1])
+    assert not third.images[1, 1].any() and first.images[1, 1].any()
 
 
 def test_synthetic_scene_is_deterministic(tmp_path):
