@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.errors import UserError
-from common.image_io import write_rgb
+from common.image_io import ImageError, write_rgb
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def missing_frames(frame_dir: Path) -> list[int]:
 
 
 def extract_frames(video: Path, frame_dir: Path, progress: bool = True, jpeg_quality: int = 95) -> int:
-    """Decode ``video`` into ``frame_dir/%06d.jpg`` (1-based); ``frame_dir`` must not hold files yet.
+    """Decode ``video`` into ``frame_dir/%06d.jpg`` (1-based); ``frame_dir`` must not hold files yet (but the
+    completion marker of frames deleted since).
 
     Frames are written into a temporary folder that is renamed when complete, so an interrupted
     extraction never looks finished.
@@ -53,6 +54,10 @@ def extract_frames(video: Path, frame_dir: Path, progress: bool = True, jpeg_qua
     video = Path(video)
     if not video.is_file():
         raise VideoError(f"video {video} not found: a DyNeRF scene folder holds one camXX.mp4 per camera")
+    others = sorted(p.name for p in frame_dir.iterdir() if p.name != DONE_MARKER) if frame_dir.is_dir() else []
+    if others:  # never overwritten: someone else's files
+        raise VideoError(f"{frame_dir} holds files that are not frames to load ({', '.join(others[:5])}): move them "
+                         "away, then extract again (tools/prepare_video.py)")
     partial = frame_dir.with_name(frame_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -72,6 +77,10 @@ def extract_frames(video: Path, frame_dir: Path, progress: bool = True, jpeg_qua
                 bar.update(1)
             for job in jobs:
                 job.result()
+    except ImageError as err:  # writing a frame failed: not the video's fault
+        shutil.rmtree(partial, ignore_errors=True)
+        raise VideoError(f"could not write the frames of {video} into {partial.parent} ({err}): check the free disk "
+                         "space and the folder's permissions") from err
     except (OSError, RuntimeError, StopIteration, KeyError) as err:
         shutil.rmtree(partial, ignore_errors=True)
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -82,7 +91,8 @@ def extract_frames(video: Path, frame_dir: Path, progress: bool = True, jpeg_qua
         shutil.rmtree(partial, ignore_errors=True)
         raise VideoError(f"{video} holds no frames; the file looks corrupt: download the scene again")
     (partial / DONE_MARKER).write_text(f"{count}\n")
-    if frame_dir.is_dir() and not any(frame_dir.iterdir()):
+    if frame_dir.is_dir():  # empty but for the marker of frames deleted since (checked above)
+        (frame_dir / DONE_MARKER).unlink(missing_ok=True)
         frame_dir.rmdir()
-    partial.rename(frame_dir)  # fails rather than overwrite a non-empty folder someone else made
+    partial.rename(frame_dir)
     return count

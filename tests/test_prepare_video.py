@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from common.image_io import ImageError
 from dataloader import load_scene
 from dataloader.video import VideoError
 from tools.prepare_video import main, prepare_scene
@@ -41,6 +42,38 @@ def test_loader_extracts_missing_frames(video_scene):
     scene = load_scene("n3dv", video_scene, num_frames=5)
     assert scene.images.shape[:2] == (5, 3)
     assert (video_scene / "frames" / "cam02" / ".extracted").exists()
+
+
+def test_loader_extracts_again_after_the_frames_were_deleted(video_scene):
+    load_scene("n3dv", video_scene, num_frames=2)
+    frame_dir = video_scene / "frames" / "cam01"
+    for frame in frame_dir.glob("*.jpg"):  # rm frames/cam01/*: the hidden marker stays
+        frame.unlink()
+    assert load_scene("n3dv", video_scene, num_frames=2).images.shape[:2] == (2, 3)
+    assert len(list(frame_dir.glob("*.jpg"))) == 12
+
+
+def test_loader_names_a_frame_folder_holding_other_files(video_scene):
+    user_dir = video_scene / "frames" / "cam00"
+    user_dir.mkdir(parents=True)
+    (user_dir / "notes.txt").write_text("mine")
+    with pytest.raises(VideoError, match="cam00 holds files that are not frames to load \\(notes.txt\\)"):
+        load_scene("n3dv", video_scene)
+    assert sorted(p.name for p in user_dir.iterdir()) == ["notes.txt"]
+    assert not (video_scene / "frames" / "cam00.partial").exists()
+
+
+def test_a_frame_that_cannot_be_written_is_not_called_a_corrupt_video(video_scene, monkeypatch):
+    import dataloader.video as video
+
+    def full_disk(path, *args, **kwargs):
+        raise ImageError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(video, "write_rgb", full_disk)
+    with pytest.raises(VideoError, match="could not write the frames of .*cam00.mp4.*free disk space") as err:
+        load_scene("n3dv", video_scene)
+    assert "corrupt" not in str(err.value)
+    assert not (video_scene / "frames" / "cam00.partial").exists()
 
 
 def test_user_frames_are_left_alone(video_scene):
