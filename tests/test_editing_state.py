@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +85,16 @@ def test_a_lock_left_held_by_a_terminated_editor_does_not_hang_the_save(tmp_path
     lock.release()
     EditState(tmp_path, IDENTITY).save(images, lock)  # a free lock is taken and given back
     assert lock.acquire(timeout=1)
+
+
+def test_atomic_files_get_the_mode_of_plain_files(tmp_path):
+    from common.atomic import atomic_write, current_umask
+
+    before = os.umask(0o027)
+    try:
+        assert current_umask() == 0o027
+        atomic_write(tmp_path / "ckpt.th", lambda handle: handle.write(b"x"))
+        (tmp_path / "plain.txt").write_bytes(b"x")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "ckpt.th").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o640
