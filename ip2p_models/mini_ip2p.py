@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
 TEXT_WIDTH = 64
 MAX_TOKENS = 40
+MAX_IMAGE_SIDE = 224  # largest side of the procedural training images (crops are cut from them)
 
 
 @dataclass
@@ -131,8 +132,8 @@ class PairSource:
 
     def _new_entry(self) -> tuple[np.ndarray, np.ndarray]:
         """A random-size image of a random family and its sketch target, float32 ``[H, W, 3]``."""
-        width = int(self.rng.integers(max(self.crop, 96), 225))
-        height = int(np.clip(round(width * self.rng.uniform(0.6, 1.0)), self.crop, 224))
+        width = int(self.rng.integers(max(self.crop, 96), MAX_IMAGE_SIDE + 1))
+        height = int(np.clip(round(width * self.rng.uniform(0.6, 1.0)), self.crop, MAX_IMAGE_SIDE))
         image = make_image(self.families[self.rng.integers(len(self.families))], self.rng, width, height)
         return image.astype(np.float32), INSTRUCTIONS["sketch"].apply(image, None).astype(np.float32)
 
@@ -330,10 +331,32 @@ def check_earlier_runs(settings: MiniTrainSettings) -> None:
                                  "tools/train_mini_ip2p.py")
     if settings.unet_from:
         scheduler_file = Path(settings.unet_from) / "scheduler" / "scheduler_config.json"
+        if not scheduler_file.is_file():
+            raise ValueError(f"--unet_from {settings.unet_from}: {scheduler_file} is missing; give a folder written by "
+                             "tools/train_mini_ip2p.py")
         earlier_type = json.loads(scheduler_file.read_text()).get("prediction_type", "epsilon")
         if earlier_type != settings.prediction_type:
             raise ValueError(f"--unet_from {settings.unet_from} predicts {earlier_type} ({scheduler_file}); continue "
                              f"it with --prediction_type {earlier_type}")
+
+
+def check_training(settings: MiniTrainSettings, out_dir: str | Path) -> None:
+    """Raise ValueError, naming the option, for settings the training cannot run with or an output folder it must
+    not replace (checked before the hour of training, not after)."""
+    if settings.vae_batch < 2:
+        raise ValueError(f"--vae_batch {settings.vae_batch}: must be at least 2 (half sources, half targets)")
+    if not 4 <= settings.crop <= MAX_IMAGE_SIDE:
+        raise ValueError(f"--crop {settings.crop}: must be 4 to {MAX_IMAGE_SIDE} (the procedural images' largest side)")
+    if not settings.minutes > 0:
+        raise ValueError(f"--minutes {settings.minutes}: must be positive (the wall-clock budget)")
+    if not 0 < settings.vae_share < 1:
+        raise ValueError(f"--vae_share {settings.vae_share}: must be between 0 and 1 (the autoencoder's share of "
+                         "--minutes; the UNet gets the rest)")
+    out_dir = Path(out_dir).resolve()
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "training.json").is_file():
+        raise ValueError(f"{out_dir} holds files and is not a mini model folder (no training.json): it would be "
+                         "replaced; pass a new folder (e.g. weights/mini-ip2p-2)")
+    check_earlier_runs(settings)
 
 
 def train_mini_ip2p(out_dir: str | Path, settings: MiniTrainSettings) -> dict:
@@ -342,8 +365,8 @@ def train_mini_ip2p(out_dir: str | Path, settings: MiniTrainSettings) -> dict:
     Returns:
         The training record (settings, steps done, times, training figures), also written to ``training.json``.
     """
-    out_dir = Path(out_dir)
-    check_earlier_runs(settings)  # before anything is built
+    out_dir = Path(out_dir).resolve()
+    check_training(settings, out_dir)  # before anything is built
     if settings.threads:
         torch.set_num_threads(settings.threads)
     start = time.monotonic()

@@ -137,12 +137,22 @@ def test_the_training_tool_refuses_bad_settings_by_name(tmp_path, capsys):
     cases = [(["--instruction_mix", "sepia:2"], "unknown instruction 'sepia'"),
              (["--instruction_mix", "sketch:x"], "'sketch:x' is not NAME:WEIGHT"),
              (["--unet_from", str(tmp_path)], f"{tmp_path / 'vae'} is missing"),
-             (["--unet_from", str(MINI), "--prediction_type", "epsilon"], "continue it with --prediction_type")]
+             (["--unet_from", str(MINI), "--prediction_type", "epsilon"], "continue it with --prediction_type"),
+             (["--vae_batch", "1"], "--vae_batch 1: must be at least 2"),
+             (["--crop", "228"], "--crop 228: must be 4 to 224"),
+             (["--minutes", "0"], "--minutes 0.0: must be positive"),
+             (["--vae_share", "1"], "--vae_share 1.0: must be between 0 and 1")]
     for flags, message in cases:
         with pytest.raises(SystemExit) as exit_info:
             main([str(tmp_path / "out"), *flags])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err, flags
     assert not (tmp_path / "out").exists()
+    # a folder that is not a mini model (the weights/ folder itself, say) is never replaced by the finished run
+    (tmp_path / "weights" / "instruct-pix2pix").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "weights")])
+    assert exit_info.value.code == 2 and "is not a mini model folder" in capsys.readouterr().err
+    assert (tmp_path / "weights" / "instruct-pix2pix").is_dir()
 
 
 def test_instruction_mix_sets_the_draw_weights():

@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ip2p_models.mini_ip2p import MiniTrainSettings, check_earlier_runs, parse_instruction_mix, train_mini_ip2p
+from ip2p_models.mini_ip2p import MiniTrainSettings, check_training, parse_instruction_mix, train_mini_ip2p
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--crop {settings.crop}: must be a multiple of 4 (the autoencoder's downsampling)")
     try:
         parse_instruction_mix(settings.instruction_mix)
-        check_earlier_runs(settings)
+        check_training(settings, args.out)
     except ValueError as error:
         parser.error(str(error))
     record = train_mini_ip2p(args.out, settings)
