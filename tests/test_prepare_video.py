@@ -104,3 +104,18 @@ def test_missing_videos(tmp_path):
 def test_images_are_shareable(video_scene):
     scene = load_scene("n3dv", video_scene, num_frames=2).share_memory_()
     assert scene.images.is_shared() and scene.images.dtype == torch.uint8
+
+
+def test_re_extraction_keeps_other_files_and_the_frames_when_it_fails(video_scene):
+    prepare_scene(video_scene, progress=False)
+    frame_dir = video_scene / "frames" / "cam01"
+    (frame_dir / "000005.jpg").unlink()
+    (frame_dir / "notes.txt").write_text("mine")
+    assert prepare_scene(video_scene, progress=False)["cam01"] == "skipped"  # someone's file: left as it is
+    assert (frame_dir / "notes.txt").read_text() == "mine"
+    (frame_dir / "notes.txt").unlink()
+    (video_scene / "cam01.mp4").write_bytes(b"\x00" * 1000)
+    with pytest.raises(VideoError, match="corrupt"):
+        prepare_scene(video_scene, progress=False)
+    assert len(list(frame_dir.glob("*.jpg"))) == 11  # the frames that were there are back
+    assert not (video_scene / "frames" / "cam01.stale").exists()

@@ -39,6 +39,13 @@ def prepare_scene(datadir: Path, jpeg_quality: int = 95, progress: bool = True) 
             status[video.stem] = "skipped"
             continue
         gaps = missing_frames(frame_dir)
+        foreign = [p.name for p in frame_dir.iterdir() if not p.name.startswith(".") and not (
+            p.stem.isdigit() and p.suffix in (".jpg", ".png"))] if frame_dir.is_dir() else []
+        if gaps and foreign:
+            log.warning("%s misses %d extracted frame(s) but also holds files not written by this tool (%s); leaving "
+                        "it as it is (move them away to extract again)", frame_dir, len(gaps), ", ".join(foreign[:5]))
+            status[video.stem] = "skipped"
+            continue
         if gaps:
             # this tool's own extraction with frames deleted since: extract the camera again
             log.warning("%s misses %d extracted frame(s) (%s); extracting %s again", frame_dir, len(gaps),
@@ -46,7 +53,11 @@ def prepare_scene(datadir: Path, jpeg_quality: int = 95, progress: bool = True) 
             stale = frame_dir.with_name(frame_dir.name + ".stale")
             shutil.rmtree(stale, ignore_errors=True)
             frame_dir.rename(stale)
-            count = extract_frames(video, frame_dir, progress=progress, jpeg_quality=jpeg_quality)
+            try:
+                count = extract_frames(video, frame_dir, progress=progress, jpeg_quality=jpeg_quality)
+            except BaseException:
+                stale.rename(frame_dir)  # the frames that were there stay where they were
+                raise
             shutil.rmtree(stale)
             log.info("%s: %d frames -> %s", video.name, count, frame_dir)
             status[video.stem] = "re-extracted"
