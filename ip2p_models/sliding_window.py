@@ -148,6 +148,9 @@ def plan_windows(num_frames: int, sequence_length: int, overlap_length: int = 1,
         rest = list(range(start, num_frames))
         step = sequence_length - 1
         return out + [([0, *rest[i:i + step]], rest[i:i + step]) for i in range(0, len(rest), step)]
+    if overlap_length < 1 < sequence_length:  # a window sharing no frame would be edited from noise on its own
+        raise ValueError(f"sliding window: overlap_length must be at least 1 (consecutive windows share the frame "
+                         f"that carries the edit on), got {overlap_length}")
     done = 0 if full_first else 1
     out = []
     for r in window_ranges(num_frames, sequence_length, overlap_length, done):

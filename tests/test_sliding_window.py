@@ -43,6 +43,9 @@ def test_plan_windows_of_both_schedules():
     assert plan_windows(6, 3, anchored_on_first=True)[:2] == [([0, 1, 2], [0, 1, 2]), ([0, 3, 4], [3, 4])]
     with pytest.raises(ValueError, match="sequence_length"):
         plan_windows(6, 1, anchored_on_first=True)
+    # windows sharing no frame would each be edited from noise alone (a seam at every join)
+    with pytest.raises(ValueError, match="overlap_length must be at least 1"):
+        plan_windows(6, 3, 0)
 
 
 def test_sliding_window_warps_edits_forward_and_refines(synthetic_truth):
