@@ -36,8 +36,9 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def fit_size(height: int, width: int, long_side: int | None, multiple: int = 8) -> tuple[int, int]:
-    """``(h, w)`` with the long side scaled to ``long_side`` (None: unchanged), both rounded down to ``multiple``."""
-    scale = 1.0 if long_side is None else long_side / max(height, width)
+    """``(h, w)`` with the long side scaled to ``long_side`` (None or 0: unchanged, as ``--resize 0`` says), both
+    rounded down to ``multiple``."""
+    scale = 1.0 if not long_side else long_side / max(height, width)
     h = max(multiple, int(round(height * scale)) // multiple * multiple)
     w = max(multiple, int(round(width * scale)) // multiple * multiple)
     return h, w

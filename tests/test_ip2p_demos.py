@@ -72,3 +72,11 @@ def test_default_model_without_network_fails_with_instructions(tmp_path):
     assert "timbrooks/instruct-pix2pix" in result.stderr and "hf download" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_resize_zero_keeps_the_size():
+    from ip2p_models.image_io import fit_size
+
+    assert fit_size(480, 640, 0) == fit_size(480, 640, None) == (480, 640)
+    assert fit_size(480, 640, 0, multiple=1) == (480, 640)
+    assert fit_size(480, 640, 320) == (240, 320)
