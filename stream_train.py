@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
-from models import FitSettings, Trainer, build_sampler, field_from_args
+from models import FitSettings, Trainer, field_from_args
 from models.checkpoint import latest_checkpoint
 from models.config import ConfigError, parse_args, write_config
 from runner.outputs import final_renders
-from runner.start import Start, keep_previous_config, load_field, scene_from_args
+from runner.start import Start, keep_previous_config, load_field, render_sampler, scene_from_args
 from runner.start import run_directory as runner_directory
 
 log = logging.getLogger("stream_train")
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         scene = scene_from_args(args)
         run_dir = run_directory(args)
-        sampler = build_sampler(args.sampling, scene.ndc, **FitSettings.from_args(args).sampler_options())
+        sampler = render_sampler(args, scene.ndc)
 
         if args.render_only:
             if not args.ckpt:

@@ -21,9 +21,10 @@ from common.atomic import atomic_write
 from common.image_io import to_uint8
 from dataloader import load_scene
 from ip2p_models.instructions import find_instruction
-from models import build_sampler, load_checkpoint, render_image
+from models import load_checkpoint, render_image
 from models.checkpoint import latest_checkpoint
 from models.config import ConfigError
+from runner.start import render_sampler
 
 from .evaluation import (
     NO_CLIP,
@@ -110,7 +111,7 @@ def render_all(ckpt: Path, scene, args, cams: list[int], cache: Path) -> np.ndar
         return np.load(cache)
     field_, _ = load_checkpoint(ckpt, device=args.device, model_name=args.model_name,
                                 config={"num_frames": scene.num_frames, "ld_per_frame": args.ld_per_frame})
-    sampler = build_sampler(args.sampling, scene.ndc)
+    sampler = render_sampler(args, scene.ndc)
     out = np.zeros(scene.images.shape, np.uint8)
     for f in tqdm(range(scene.num_frames), desc=f"renders of {ckpt.name}", leave=False):
         for c in cams:
@@ -134,7 +135,7 @@ def scene_depths(scene, original_ckpt: Path | None, args, cache: Path) -> Depths
 
     field_, _ = load_checkpoint(original_ckpt, device=args.device, model_name=args.model_name,
                                 config={"num_frames": scene.num_frames, "ld_per_frame": args.ld_per_frame})
-    depth_cache = DepthCache(cache, original_ckpt, scene, field_, build_sampler(args.sampling, scene.ndc), args.chunk)
+    depth_cache = DepthCache(cache, original_ckpt, scene, field_, render_sampler(args, scene.ndc), args.chunk)
     return Depths(lambda f: load_depth(depth_cache.ensure([f])[0]), scene.K, scene.c2w, bool(scene.ndc),
                   f"depth rendered by {original_ckpt}")
 

@@ -21,11 +21,11 @@ import torch
 from tqdm.auto import tqdm
 
 from common.image_io import read_rgb, to_uint8, write_video
-from models import FitSettings, Trainer, build_sampler, render_image
+from models import FitSettings, Trainer, render_image
 from models.checkpoint import latest_checkpoint
 from models.config import ConfigError, write_config
 from runner.outputs import render_path_views, render_test_views
-from runner.start import Start, keep_previous_config, load_field, scene_from_args
+from runner.start import Start, keep_previous_config, load_field, render_sampler, scene_from_args
 from runner.start import run_directory as runner_directory
 
 from .depth_cache import DepthCache
@@ -153,7 +153,7 @@ class EditRun:
 
         # 2. the NeRF: the fitted one, or the edit's last checkpoint when resuming
         original = load_field(args.ckpt, args, scene, resume=False).field
-        self.sampler = build_sampler(args.sampling, scene.ndc)
+        self.sampler = render_sampler(args, scene.ndc)
         start = Start(original)
         resume_ckpt = latest_checkpoint(run_dir) if args.resume else None
         if resume_ckpt is not None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dataloader import load_scene
-from models import field_from_args, load_checkpoint
+from models import FitSettings, build_sampler, field_from_args, load_checkpoint
 from models.checkpoint import check_matches_config, iteration_from_name
 from models.config import ConfigError
 
@@ -32,6 +32,12 @@ def keep_previous_config(path: Path) -> Path | None:
     kept = path.rename(path.with_name(f"{path.stem}-{n}{path.suffix}"))
     log.info("the previous run's %s is kept as %s", path.name, kept.name)
     return kept
+
+
+def render_sampler(args, ndc: bool):
+    """The ray sampler of renders the options describe: ``--sampling`` with the fast renders' options
+    (``--occupancy_*``, ``--render_color_voxels``), for test views, paths, the editor's depth and scoring alike."""
+    return build_sampler(args.sampling, ndc, **FitSettings.from_args(args).sampler_options())
 
 
 def scene_from_args(args):

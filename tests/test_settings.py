@@ -55,3 +55,13 @@ def test_edit_options_the_settings_used_to_drop():
         0.1, 4, 3, 500)
     off = EditSettings.from_args(parse_edit_args(["--prompt", "p", "--ckpt", "x.th", "--photometric_threshold", "0"]))
     assert off.photometric_threshold is None
+
+
+def test_the_fast_render_options_reach_every_render_sampler():
+    from runner.start import render_sampler
+
+    flags = ["--occupancy_render_mib", "0", "--render_color_voxels", "0", "--occupancy_min_transmittance", "0.001"]
+    for args in (parse_args(flags), parse_edit_args(["--prompt", "p", "--ckpt", "x.th", *flags])):
+        sampler = render_sampler(args, ndc=True)  # test views, the editor's depth and scoring all render with it
+        assert (sampler.time_volume.budget_mib, sampler.color_voxels, sampler.early_stop) == (0, 0, 0.001)
+    assert type(render_sampler(parse_args(["--sampling", "dense"]), ndc=True)).__name__ == "DenseSampler"
