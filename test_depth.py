@@ -122,7 +122,12 @@ def warp_with_points(args, source_image: Tensor, s: int, t: int) -> tuple[Tensor
 def warp_with_depth(args, source_image: Tensor, s: int, t: int) -> tuple[Tensor, Tensor]:
     """Mode 2: depth maps and cameras."""
     depth = load_tensor(args.depth_path, "--depth_path", (3, 4))
+    if depth.dim() == 4 and not 0 <= args.frame < depth.shape[0]:
+        raise ValueError(f"--frame {args.frame}: {args.depth_path} holds frames 0..{depth.shape[0] - 1}")
     depth = depth[args.frame] if depth.dim() == 4 else depth
+    if not 0 <= max(s, t) < depth.shape[0] or min(s, t) < 0:
+        raise ValueError(f"views {s}, {t}: {args.depth_path} holds views 0..{depth.shape[0] - 1}; check "
+                         "--source_view/--target_view")
     cameras_path = args.cameras_path or args.depth_path.parent / "cameras.npz"
     if not cameras_path.is_file():
         raise FileNotFoundError(f"cameras {cameras_path} not found: pass --cameras_path (an .npz with c2w, K)")
@@ -173,4 +178,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as err:  # a missing or malformed input, RAFT weights included
+        raise SystemExit(f"error: {err}") from err

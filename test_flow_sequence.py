@@ -94,4 +94,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as err:  # a missing or malformed input, RAFT weights included
+        raise SystemExit(f"error: {err}") from err

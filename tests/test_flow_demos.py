@@ -75,6 +75,13 @@ def test_depth_demo_without_edit(tmp_path, mode, caplog):
     assert "PSNR" in caplog.text
 
 
+def test_depth_demo_names_a_view_out_of_range(tmp_path):
+    args = ["--source_img", str(DEPTH / "0.png"), "--target_img", str(DEPTH / "1.png"), "--no_edit",
+            "--output_dir", str(tmp_path), "--depth_path", str(DEPTH / "depth_0.npy"), "--target_view", "7"]
+    with pytest.raises(ValueError, match="views 0, 7: .*depth_0.npy holds views 0..1"):
+        load_demo("test_depth").main(args)
+
+
 def test_depth_demo_with_tiny_ip2p(tmp_path, tiny_ip2p):
     load_demo("test_depth").main([
         "--source_img", str(DEPTH / "0.png"), "--target_img", str(DEPTH / "1.png"),
