@@ -44,6 +44,11 @@ def test_examples_tool_writes_consistent_small_files(tmp_path):
     assert torch.allclose(maps[1, 1], grid, atol=0.05)  # a view maps onto itself
     total = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
     assert total < 250_000
+    # run again with fewer frames: no frame of the longer run is left to mix into the sequence
+    from tools.make_flow_examples import write_flow_examples
+
+    write_flow_examples(tmp_path, frames=3)
+    assert sorted(p.name for p in (tmp_path / "flow" / "frames").glob("*.png")) == ["0.png", "1.png", "2.png"]
 
 
 def test_flow_demo(tmp_path):

@@ -48,6 +48,9 @@ def write_flow_examples(out: Path, frames: int = 5, width: int = 128, height: in
         folder.mkdir(parents=True, exist_ok=True)
         for k in range(frames):
             iio.imwrite(folder / f"{k}.png", iio.imread(scene / "frames" / f"cam{cam:02d}" / f"{k + 1:06d}.png"))
+        for stale in folder.glob("*.png"):  # frames of an earlier, longer run of this tool
+            if stale.stem.isdigit() and int(stale.stem) >= frames:
+                stale.unlink()
     return folder
 
 

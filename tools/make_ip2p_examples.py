@@ -35,6 +35,9 @@ def write_ip2p_examples(out: str | Path, frames: int = 8, width: int = 256, heig
         for k in range(frames):
             frame = iio.imread(scene / "frames" / "cam00" / f"{k + 1:06d}.png")
             iio.imwrite(folder / "sequence" / f"{k}.jpg", frame, quality=JPEG_QUALITY)
+        for stale in (folder / "sequence").glob("*.jpg"):  # frames of an earlier, longer run of this tool
+            if stale.stem.isdigit() and int(stale.stem) >= frames:
+                stale.unlink()
         middle = iio.imread(scene / "frames" / "cam01" / f"{frames // 2 + 1:06d}.png")
         iio.imwrite(folder / "image.jpg", middle, quality=JPEG_QUALITY)
     return folder
