@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> Path:
     from ip2p_models.image_io import fit_size, image_row, list_images, read_image, resize, save_image
 
     # 1. the frames at the size IP2P expects
+    if args.num_frames is not None and args.num_frames < 1:
+        raise SystemExit(f"error: --num_frames {args.num_frames}: edit at least 1 frame (or leave it out for all)")
     try:
         files = list_images(args.image_dir)[:args.num_frames]
         images = [read_image(f) for f in files]

@@ -102,6 +102,10 @@ def test_convert_tool_writes_a_torchvision_state_dict(tmp_path):
     assert all(torch.equal(converted[k], v) for k, v in model.state_dict().items())
     with pytest.raises(SystemExit, match="not in the original RAFT layout"):
         main([str(tmp_path / "out" / "raft_small_tv.pth"), str(tmp_path / "again.pth")])
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "raft-small.pth").read_bytes()[:5000])  # a cut-off download
+    with pytest.raises(SystemExit, match="cut.pth is not a readable PyTorch checkpoint"):
+        main([str(tmp_path / "cut.pth"), str(tmp_path / "again.pth")])
+    assert not (tmp_path / "again.pth").exists()
 
 
 def test_conversion_errors_name_the_key():

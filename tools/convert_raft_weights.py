@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import sys
 from pathlib import Path
 
@@ -36,7 +37,11 @@ def convert_raft_weights(src: str | Path, dst: str | Path) -> str:
     if not src.is_file():
         raise FileNotFoundError(f"{src} not found: give the path of the original RAFT checkpoint "
                                 "(e.g. raft-things.pth or raft-small.pth from princeton-vl/RAFT)")
-    data = torch.load(src, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(src, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise RaftWeightsError(f"{src} is not a readable PyTorch checkpoint ({type(err).__name__}; truncated, or "
+                               "not a checkpoint): download it again") from err
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not is_original_layout(data):
