@@ -39,7 +39,7 @@ def convert_raft_weights(src: str | Path, dst: str | Path) -> str:
                                 "(e.g. raft-things.pth or raft-small.pth from princeton-vl/RAFT)")
     try:
         data = torch.load(src, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
         raise RaftWeightsError(f"{src} is not a readable PyTorch checkpoint ({type(err).__name__}; truncated, or "
                                "not a checkpoint): download it again") from err
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
