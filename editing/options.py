@@ -115,10 +115,11 @@ def check_edit_args(args: argparse.Namespace) -> argparse.Namespace:
     args.workers = args.workers or len(args.ip2p_devices)
     if args.sequence_length < 2:
         raise ConfigError(f"sequence_length = {args.sequence_length}: need at least 2 (an anchor and one frame)")
-    if not 1 <= args.overlap_length < args.sequence_length - 1:
+    if not 1 <= args.overlap_length < args.sequence_length:
         # 0 would edit every window from noise on its own: no shared frame carries the edit on (seams at each join)
-        raise ConfigError(f"overlap_length = {args.overlap_length}: need 1 <= overlap_length < sequence_length - 1 "
-                          "(consecutive windows share at least the frame that carries the edit on)")
+        raise ConfigError(f"overlap_length = {args.overlap_length}: need 1 <= overlap_length < sequence_length "
+                          f"({args.sequence_length}; consecutive windows share at least the frame that carries the "
+                          "edit on, and each adds a new one)")
     if args.keyframe_rounds < 1 or args.edit_rounds < 1:
         raise ConfigError("keyframe_rounds and edit_rounds must be at least 1")
     if not 0.0 <= args.warp_ratio <= 1.0:

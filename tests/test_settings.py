@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+import pytest
+
 from common.settings import add_settings, setting, settings_from_args
 from editing.options import parse_edit_args
 from editing.schedules import EditSettings
@@ -65,3 +67,14 @@ def test_the_fast_render_options_reach_every_render_sampler():
         sampler = render_sampler(args, ndc=True)  # test views, the editor's depth and scoring all render with it
         assert (sampler.time_volume.budget_mib, sampler.color_voxels, sampler.early_stop) == (0, 0, 0.001)
     assert type(render_sampler(parse_args(["--sampling", "dense"]), ndc=True)).__name__ == "DenseSampler"
+
+
+def test_window_overlap_bounds():
+    from models.config import ConfigError
+
+    base = ["--prompt", "p", "--ckpt", "x.th"]
+    assert parse_edit_args(base + ["--sequence_length", "2", "--overlap_length", "1"]).overlap_length == 1
+    assert parse_edit_args(base + ["--sequence_length", "6", "--overlap_length", "5"]).overlap_length == 5
+    for seq, overlap in (("6", "0"), ("6", "6"), ("2", "2")):
+        with pytest.raises(ConfigError, match=f"overlap_length = {overlap}: need 1 <= overlap_length < "):
+            parse_edit_args(base + ["--sequence_length", seq, "--overlap_length", overlap])
