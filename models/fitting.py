@@ -223,6 +223,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
+        # renders' cached volumes compare this (a fused step leaves the tensors' version counters as they were)
+        field_.optimizer_steps = getattr(field_, "optimizer_steps", 0) + 1
         for group in self.optimizer.param_groups:
             group["lr"] = group["lr"] * s.lr_factor
 

@@ -49,7 +49,7 @@ def probe_times(num_frames: int, ld_per_frame: float, factor_kinds: int = 2) -> 
     with the channels row ``r`` blends into (the table is continuous, see ``tests/test_models_streaming.py``). Every
     combination of the two ends over the factor kinds is returned; without streaming one time is enough.
     """
-    if ld_per_frame == 0:
+    if ld_per_frame == 0 or num_frames <= 1:  # one frame: its time 0 only (the table's next row is never used)
         return [(0.0,) * factor_kinds]
     rows = table_rows(num_frames, ld_per_frame)
     combos = set()
@@ -280,10 +280,12 @@ class FeatureVolumes:
 
 
 def factors_version(field) -> tuple:
-    """Identifies the state of ``field``'s density: the field, its grid size and the in-place version counters of
-    its density factors (an optimizer step, an upsampling or a loaded state dict changes it)."""
+    """Identifies the state of ``field``'s density: the field, its grid size, the in-place version counters of its
+    density factors (an upsampling or a loaded state dict changes them) and its count of optimizer steps (a fused
+    optimizer step changes the values without counting a version: :class:`models.fitting.Trainer` counts it)."""
     factors = field.planes("density") + field.lines("density")
-    return (id(field), tuple(int(v) for v in field.gridSize), tuple(p._version for p in factors))
+    return (id(field), tuple(int(v) for v in field.gridSize), tuple(p._version for p in factors),
+            getattr(field, "optimizer_steps", 0))
 
 
 class TimeVolume:

@@ -174,6 +174,14 @@ def test_time_volume_is_the_field_at_that_time_and_follows_its_changes():
     assert not TimeVolume(budget_mib=1e-6).usable(field)
 
 
+def test_a_single_frame_field_builds_its_grid():
+    field = build_model("StreamTensorVMSplit", BOX, [8, 9, 6], density_n_comp=[4, 2, 2], appearance_n_comp=[4, 2, 2],
+                        app_dim=27, shadingMode="MLP_Fea", near_far=[0.0, 1.0], view_pe=0, fea_pe=0, featureC=16,
+                        fea2denseAct="relu", density_shift=-0.1, num_frames=1, ld_per_frame=0.5, step_ratio=0.5)
+    assert probe_times(1, 0.5) == [(0.0, 0.0)]  # a single frame's table has no next row to blend into
+    assert OccupancyGrid.from_field(field).occupied.any()
+
+
 @pytest.fixture(scope="module")
 def fitted(small_scene_dir):
     """A small model fitted in fast mode (dense warm-up, then the occupancy grid), and its scene.
@@ -256,3 +264,18 @@ def test_early_ray_termination_skips_samples_behind_opaque_matter(fitted):
     assert 0 < fewer < full, (fewer, full)  # how many fewer depends on how opaque the model is
     assert (reference - stopped).abs().sum(-1).max() <= 1e-3 + 1e-6
     assert torch.equal(stopped[:, :8], reference[:, :8])  # the first segment is always evaluated
+
+
+def test_renders_follow_the_trainer_steps(fitted, small_scene_dir):
+    """The fused optimizer's steps do not count tensor versions: renders at the same time must still see them."""
+    scene = fitted.scene
+    args = parse_args(TINY + ["--datadir", str(small_scene_dir), "--n_iters", "3", "--occupancy_warmup", "0"])
+    torch.manual_seed(0)
+    trainer = Trainer(field_from_args(args, scene), scene, FitSettings.from_args(args), tensorboard=False)
+    trainer.train(progress=False)
+    fast, dense = build_sampler("fast", scene.ndc), build_sampler("dense", scene.ndc)
+    render_image(trainer.field, fast, scene, 0, scene.test_cams[0], color=False)  # the volume of frame 0
+    trainer.train(n=5, progress=False)
+    after = render_image(trainer.field, fast, scene, 0, scene.test_cams[0], color=False)["depth"]
+    reference = render_image(trainer.field, dense, scene, 0, scene.test_cams[0], color=False)["depth"]
+    assert (after - reference).abs().max() < 1e-3
