@@ -28,7 +28,7 @@ from torch import Tensor
 from common.errors import UserError
 
 from .compositing import Times, alpha_weights, sample_weights
-from .occupancy import FeatureVolumes, OccupancyGrid, TimeVolume
+from .occupancy import FeatureVolumes, OccupancyGrid, TimeVolume, factors_version
 
 EARLY_STOP_SEGMENT = 64  # samples per step of a render's ray march (OccupancySampler.march)
 
@@ -256,6 +256,7 @@ class OccupancySampler:
         self.color_voxels = float(color_voxels)
         self.grid: OccupancyGrid | None = None
         self._built_for: tuple[int, list[int]] | None = None
+        self._built_version: tuple | None = None
         self.time_volume = TimeVolume(render_volume_mib, self.alpha_thres, self.max_cells)
 
     def color_stride(self, field) -> int:
@@ -267,6 +268,7 @@ class OccupancySampler:
         self.grid = OccupancyGrid.from_field(field, alpha_thres=self.alpha_thres, max_cells=self.max_cells,
                                              dilation=self.dilation)
         self._built_for = (id(field), list(field.gridSize))
+        self._built_version = factors_version(field)
         return self.grid
 
     def grid_for(self, field) -> OccupancyGrid:
@@ -298,7 +300,10 @@ class OccupancySampler:
         if volume is not None:
             grid, density = volume.grid, (lambda points: volume.density(field, points))
         else:
-            grid, density = self.grid_for(field), (lambda points: field.density(points, t))
+            # a render sees the field as it is now (training batches use the periodically refreshed grid)
+            if self.grid is None or self._built_version != factors_version(field):
+                self.refresh(field)
+            grid, density = self.grid, (lambda points: field.density(points, t))
         steps = self.dense.steps(field, rays_o, rays_d, n_samples)
         box = steps.normalized(field.aabb)  # points go straight to the lookups, in box-normalized coordinates
         enter, leave = box.cube_range()
