@@ -163,7 +163,8 @@ def parse_frame_list(value) -> list[int]:
 POSITIVE_OPTIONS = {"n_iters": 1, "batch_size": 1, "N_voxel_init": 1, "N_voxel_final": 1, "nSamples": 1,
                     "step_ratio": 1e-6, "downsample_train": 1e-6, "chunk": 1, "num_frames": 0,
                     "progress_refresh_rate": 1, "distortion_weight": 0, "L1_weight_inital": 0, "Ortho_weight": 0,
-                    "TV_weight_density": 0, "TV_weight_app": 0, "lr_init": 0, "lr_basis": 0}
+                    "TV_weight_density": 0, "TV_weight_app": 0, "lr_init": 0, "lr_basis": 0, "occupancy_cells": 1,
+                    "occupancy_alpha": 0}
 
 
 def check_torch_device(device, key: str = "device"):
@@ -213,6 +214,9 @@ def finalize(args: argparse.Namespace) -> argparse.Namespace:
         value = getattr(args, key, None)
         if value is not None and value < low:
             raise ConfigError(f"{key} = {value}: must be at least {low}")
+    if getattr(args, "occupancy_alpha", 0) >= 1:
+        raise ConfigError(f"occupancy_alpha = {args.occupancy_alpha}: must be below 1 (an opacity over one sampling "
+                          "step; the default is 1e-4)")
     check_torch_device(getattr(args, "device", "cpu"), "device")
     if args.cfg_options:
         raise ConfigError("--cfg_options (mmcv overrides) is not supported: pass the options directly, "

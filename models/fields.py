@@ -277,6 +277,10 @@ class StreamTensorVMSplit(StreamTensorBase):
     """Vector-matrix split: three (plane, line) pairs per quantity, streamed per frame. The default model."""
 
     def init_factors(self) -> None:
+        for key, comps in (("n_lamb_sigma", self.density_n_comp), ("n_lamb_sh", self.app_n_comp)):
+            if len(comps) != 3:
+                raise FieldError(f"{key} = {comps}: the VM model has three plane and line pairs, so it takes three "
+                                 "channel counts, e.g. [16, 4, 4]")
         self.density_streams = [ChannelStream(n, self.num_frames, self.ld_per_frame) for n in self.density_n_comp]
         self.app_streams = [ChannelStream(n, self.num_frames, self.ld_per_frame) for n in self.app_n_comp]
         self.density_plane, self.density_line = self._init_pairs(self.density_streams, 0.1)

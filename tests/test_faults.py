@@ -184,6 +184,9 @@ def test_editors_exit_when_the_trainer_is_killed(tmp_path):
     (["--distortion_weight", "-0.001"], "distortion_weight = -0.001: must be at least 0"),
     (["--TV_weight_app", "-1"], "TV_weight_app = -1.0: must be at least 0"),
     (["--lr_init", "-0.02"], "lr_init = -0.02: must be at least 0"),
+    (["--occupancy_cells", "0"], "occupancy_cells = 0: must be at least 1"),
+    (["--occupancy_alpha", "1"], "occupancy_alpha = 1.0: must be below 1"),
+    (["--n_lamb_sigma", "4", "--n_lamb_sigma", "2"], "n_lamb_sigma = [4, 2]: the VM model has three"),
     (["--device", "cuda:3"], "device = cuda:3"),
     (["--device", "gpu"], "device = 'gpu': not a device"),
 ])
