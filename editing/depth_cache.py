@@ -43,7 +43,7 @@ class DepthCache:
         # which cameras were loaded, not just how many: a shared --cache may serve another skip_cams
         self.identity = {**checkpoint_identity(ckpt), "height": scene.height, "width": scene.width,
                          "num_cams": scene.num_cams, "cam_ids": [int(c) for c in scene.cam_ids],
-                         "ndc": bool(scene.ndc)}
+                         "ndc": bool(scene.ndc), "depth": "ndc" if scene.ndc else "z"}
         self.scene = scene
         self.field = field
         self.sampler = sampler
@@ -74,6 +74,8 @@ class DepthCache:
         for cam in tqdm(range(scene.num_cams), desc=f"depth at frame {frame}", leave=False):
             depth = render_image(self.field, self.sampler, scene, frame, cam, chunk=self.chunk,
                                  color=False)["depth"].cpu()
+            if not scene.ndc:
+                depth = z_depth(depth, scene, frame, cam)
             depths.append(depth)
             points.append(depth_to_points(depth, scene.K[cam], scene.pose(frame, cam), ndc=scene.ndc))
         data = {"depth": torch.stack(depths).float(), "points": torch.stack(points).float(),
@@ -92,6 +94,15 @@ class DepthCache:
         for frame in frames:
             paths.append(self.render(frame) if frame in todo else self.path(frame))
         return paths
+
+
+def z_depth(distance: torch.Tensor, scene, frame: int, cam: int) -> torch.Tensor:
+    """A box-mode render's depth (distance along each unit ray direction) as z-depth along the camera's axis, the
+    depth :func:`ip2p_models.depth_warp.depth_to_points` and the ground truth use; ``[H, W]`` -> ``[H, W]``."""
+    _, rays_d = scene.image_rays(cam, frame)
+    forward = -scene.pose(frame, cam)[:3, 2].float()  # cameras look down their -z axis
+    cosine = (rays_d.float() / rays_d.float().norm(dim=-1, keepdim=True)) @ forward
+    return distance * cosine.view(distance.shape).to(distance.dtype)
 
 
 def load_depth(path: str | Path) -> torch.Tensor:

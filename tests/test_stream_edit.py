@@ -265,3 +265,28 @@ def test_depth_cache_knows_which_cameras_and_times_it_holds(small_scene_dir, fit
     without_0.times = without_0.times.clone()
     without_0.times[0] = 0.5  # another frame under index 0
     assert not DepthCache(folder, fitted, without_0).cached(0)
+
+
+def test_box_mode_depth_is_cached_as_z_depth(small_scene_dir, fitted, tmp_path, monkeypatch):
+    """A box-mode render's depth is the distance along each unit ray; the warps read z-depth. A plane at z-depth 2
+    in front of every camera, rendered as distances, comes back from the cache as 2 everywhere and unprojects onto
+    the plane."""
+    import editing.depth_cache as depth_cache
+    from editing.depth_cache import DepthCache, load_depth
+    from ip2p_models.depth_warp import depth_to_points
+
+    scene = load_scene("synthetic", small_scene_dir, ndc=False)
+
+    def plane_distances(field, sampler, scene_, frame, cam, **kwargs):
+        _, rays_d = scene_.image_rays(cam, frame)
+        forward = -scene_.pose(frame, cam)[:3, 2]
+        cosine = (rays_d / rays_d.norm(dim=-1, keepdim=True)) @ forward
+        return {"depth": (2.0 / cosine).view(scene_.height, scene_.width)}
+
+    monkeypatch.setattr(depth_cache, "render_image", plane_distances)
+    path = DepthCache(tmp_path / "cache", fitted, scene, field=object(), sampler=None).ensure([1])[0]
+    depth = load_depth(path)
+    assert torch.allclose(depth, torch.full_like(depth, 2.0), atol=1e-5)
+    points = depth_to_points(depth[0], scene.K[0], scene.pose(1, 0))
+    camera = (points - scene.pose(1, 0)[:3, 3]) @ scene.pose(1, 0)[:3, :3]  # world to camera axes
+    assert torch.allclose(camera[..., 2], torch.full_like(camera[..., 2], -2.0), atol=1e-4)
