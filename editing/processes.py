@@ -134,13 +134,28 @@ class EditorPool:
                 return
             timeout = 0.0
             if kind == "error":
-                self.shutdown()
+                self.shutdown()  # the other editors' notes until they stop are still read (units they finished)
                 raise EditorFailed(f"editor {rank} failed:\n{payload}")
-            if kind == "done":
-                self.finished.add(rank)
-            elif kind == "progress":
-                self.progress[rank] = payload
-                self.notes.append((rank, payload))
+            self._note(kind, rank, payload)
+
+    def _note(self, kind: str, rank: int, payload) -> None:
+        if kind == "done":
+            self.finished.add(rank)
+        elif kind == "progress":
+            self.progress[rank] = payload
+            self.notes.append((rank, payload))
+
+    def _collect(self) -> None:
+        """Read every queued message without raising (while stopping: a further error changes nothing)."""
+        while True:
+            try:
+                kind, rank, payload = self.messages.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "error":
+                log.warning("editor %d failed while stopping:\n%s", rank, payload)
+            else:
+                self._note(kind, rank, payload)
 
     def take_notes(self) -> list[tuple[int, dict]]:
         """Progress notes ``(rank, fields)`` received since the last call, oldest first."""
@@ -174,10 +189,15 @@ class EditorPool:
     def shutdown(self, grace: float = 10.0) -> None:
         """Ask editors to stop, then terminate those still running after ``grace`` seconds."""
         self.stop_event.set()
-        for proc in self.procs:
-            proc.join(timeout=grace)
+        # read while waiting: an editor cannot exit while its last messages wait in a full pipe, and the units it
+        # finishes meanwhile must reach the edit's state
+        deadline = time.monotonic() + grace
+        while any(proc.is_alive() for proc in self.procs) and time.monotonic() < deadline:
+            self._collect()
+            time.sleep(0.05)
         for proc in self.procs:
             if proc.is_alive():
                 log.warning("terminating %s", proc.name)
                 proc.terminate()
                 proc.join(timeout=5)
+        self._collect()

@@ -20,6 +20,16 @@ def raise_after_first_write(ctx, cam):
     raise ValueError("editor broke on purpose")
 
 
+def fail_or_finish_slowly(ctx, fail):
+    """Editor ``fail``: raise at once; the other: finish one slow unit (it is still working when the error arrives)."""
+    if fail:
+        time.sleep(0.2)
+        raise ValueError("editor broke on purpose")
+    time.sleep(2.0)
+    ctx.write((slice(None), 3), 9)
+    ctx.report(done="unit-a")
+
+
 def die_silently(ctx):
     os._exit(3)
 

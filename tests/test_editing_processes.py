@@ -32,6 +32,15 @@ def test_editor_exception_reaches_the_trainer():
     assert (images[:, 1] == 7).all()  # what was written before the failure stays
 
 
+def test_units_other_editors_finish_while_stopping_are_reported():
+    images = make_store()
+    pool = EditorPool(targets.fail_or_finish_slowly, images, [(True,), (False,)]).start()
+    with pytest.raises(EditorFailed, match="editor 0 failed"):
+        pool.wait(timeout=120)
+    assert (images[:, 3] == 9).all()
+    assert (1, {"done": "unit-a"}) in pool.take_notes()  # written, so it must be recorded as done
+
+
 def test_editor_that_dies_without_a_word():
     pool = EditorPool(targets.die_silently, make_store(), [()]).start()
     with pytest.raises(EditorFailed, match="died with exit code 3"):
