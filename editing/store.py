@@ -39,7 +39,8 @@ class ImageStore:
         frames_, cams_ = _as_list(frames), _as_list(cams)
         if len(frames_) > 1 and len(cams_) > 1:
             raise ValueError("read one frame of several cameras or one camera over several frames")
-        block = store[frames_][:, cams_].flatten(0, 1)
+        # one index list and one number: only the asked images are copied, not every camera of those frames
+        block = store[frames_, cams_[0]] if len(cams_) == 1 else store[frames_[0], cams_]
         return block.permute(0, 3, 1, 2).float() / 255.0
 
     def get(self, frames: int | Sequence[int], cams: int | Sequence[int]) -> Tensor:

@@ -180,3 +180,17 @@ def test_keyview_builds_other_views_from_the_key_view(synthetic_truth):
     edit_other_views(editor, store, flow, lambda f: synthetic_truth["depth"][f], cameras, [key], others,
                      list(range(6)), s, 0, units)
     assert editor.calls == calls
+
+
+def test_store_reads_exactly_the_images_asked_for():
+    store = torch.randint(0, 255, (5, 4, 3, 2, 3), dtype=torch.uint8)
+    view = ImageStore(store, store)
+
+    def image(f, c):
+        return store[f, c].permute(2, 0, 1).float() / 255
+
+    assert torch.equal(view.get([0, 2, 4], 1), torch.stack([image(f, 1) for f in (0, 2, 4)]))
+    assert torch.equal(view.original(3, [0, 3]), torch.stack([image(3, c) for c in (0, 3)]))
+    assert torch.equal(view.get(2, 1), image(2, 1)[None])
+    with pytest.raises(ValueError, match="one frame of several cameras"):
+        view.get([0, 1], [0, 1])
