@@ -230,14 +230,14 @@ class EditRun:
             return [("anchor", split(cams), [k for c in cams for k in anchored_keys(ids[c], pass_index)])]
         if args.edit_schedule == "monocular":
             # the video is one pseudo-view: a full edit of the first window, then the sliding window through time
-            units = [k for c in edited for k in time_keys(F, ids[c], s, pass_index, False, pass_index == 0)]
+            units = [k for c in edited for k in time_keys(F, ids[c], s, pass_index, False, True)]
             return [("keytime", split(edited), units)]
         if args.edit_schedule == "keyframe":
             cams = list(range(C))
             time_units = [k for c in cams for k in time_keys(F, ids[c], s, pass_index, True, False)]
             return [("keyframe", [cams], keyframe_keys(C, s, pass_index)), ("time", split(cams), time_units)]
         others = [c for c in range(C) if c not in self.key_cams]
-        key_units = [k for c in self.key_cams for k in time_keys(F, ids[c], s, pass_index, False, pass_index == 0)]
+        key_units = [k for c in self.key_cams for k in time_keys(F, ids[c], s, pass_index, False, True)]
         sets = split(others)
         view_units = [k for cams in sets for k in views_keys(F, cams, ids, s, pass_index)]
         return [("keytime", split(list(self.key_cams)), key_units), ("views", sets, view_units)]

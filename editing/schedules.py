@@ -273,7 +273,8 @@ def edit_through_time(editor, store: ImageStore, flow: FlowFn, cam: int, cam_id:
         anchored_on_first: the ``keyframe`` schedule: windows of ``sequence_length - 1`` new frames, the camera's
             edited frame 0 prepended as the anchor. Otherwise overlapping windows of ``sequence_length`` frames
             (``overlap_length`` shared), the first (edited) frame the anchor.
-        full_first: edit the first window from noise (a key camera's first pass); else frame 0 is edited already.
+        full_first: the first window is the camera's first edit of this pass: from noise in the first pass, refined
+            as a whole from the NeRF's renders in later ones (a key camera); else frame 0 is edited already.
     """
     frames = CameraFrames(store, cam)
     for index, (window, new) in enumerate(time_windows(store.num_frames, s, anchored_on_first, full_first)):
@@ -282,7 +283,7 @@ def edit_through_time(editor, store: ImageStore, flow: FlowFn, cam: int, cam_id:
             continue
         inputs = frames.current(window)
         done = edit_window(editor, frames, window, new, s.prompt, flow, s.refine_settings(),
-                           seed=_unit_seed(s, key), index=index)
+                           seed=_unit_seed(s, key), index=index, from_noise=pass_index == 0)
         if done.filled is None:
             units.done(key, [("input", inputs), ("edited", done.edited)])
         else:

@@ -175,7 +175,7 @@ def run_stage(job: EditJob, editor, flow, store: ImageStore, units: Units) -> No
         key = job.stage == "keytime"
         for cam in job.cams:
             edit_through_time(editor, store, flow, cam, job.cam_ids[cam], s, p, units, anchored_on_first=not key,
-                              full_first=key and p == 0)
+                              full_first=key)
     else:
         depth_at = lru_cache(maxsize=2)(lambda f: load_depth(job.depth_files[f]))
         edit_other_views(editor, store, flow, depth_at, job.cameras, job.key_cams, job.cams, job.cam_ids, s, p,

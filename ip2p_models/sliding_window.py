@@ -161,14 +161,23 @@ def plan_windows(num_frames: int, sequence_length: int, overlap_length: int = 1,
 
 
 def edit_window(editor: SequenceEditor, frames: Frames, window: Sequence[int], new: Sequence[int], prompt: str,
-                flow: FlowFn, settings: RefineSettings, *, seed: int | None = None, index: int = 0) -> Window:
-    """Edit one window (see the module docstring) and write its new frames; returns what was done."""
+                flow: FlowFn, settings: RefineSettings, *, seed: int | None = None, index: int = 0,
+                from_noise: bool = True) -> Window:
+    """Edit one window (see the module docstring) and write its new frames; returns what was done.
+
+    A window whose frames are all new is edited from noise, or with ``from_noise`` False refined as a whole from its
+    current images at the refinement level (a later pass of the iterative dataset update, whose current images are
+    the NeRF's renders of the last pass's edit: there is no edited frame to carry on, nothing is filled by flow).
+    """
     window, new = list(window), list(new)
     cond = frames.original(window)
-    if new == window:  # nothing edited yet: a full edit from noise
+    if new == window:  # nothing edited in this pass yet: the whole window from noise, or refined as it is
+        T = 1000 if from_noise else min(settings.refine_num_steps, 1000)
         out = editor.edit_sequence(frames.current(window), cond, prompt, guidance_scale=settings.guidance_scale,
                                    image_guidance_scale=settings.image_guidance_scale,
-                                   diffusion_steps=settings.diffusion_steps, T=1000, init="noise", seed=seed)
+                                   diffusion_steps=settings.diffusion_steps if from_noise else
+                                   settings.refine_diffusion_steps,
+                                   T=T, init="noise" if T >= 1000 else "noisy_latent", seed=seed)
         out = out.float().cpu()
         frames.write(window, out)
         return Window(index, window, new, None, None, out)

@@ -282,6 +282,9 @@ def test_monocular_edit_schedule_end_to_end(mono_fitted, tmp_path, one_thread):
     assert stream_edit.main(argv("mono2", "--edit_rounds", "2")) == 0
     twice = np.load(tmp_path / "log" / "mono2" / "edited_images.npy")
     assert np.array_equal(twice[:, 1:], scene.original[:, 1:].numpy())
+    # the second pass refines the video from frame 0 on (its first window whole, from the NeRF's renders)
+    done = json.loads((tmp_path / "log" / "mono2" / "edit_state.json").read_text())["done"]
+    assert "pass1/time/cam00/frames000-002" in done
 
     # 2. more consistent over time than editing every frame alone
     assert stream_edit.main(argv("perframe", "--edit_schedule", "perframe")) == 0

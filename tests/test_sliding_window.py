@@ -97,3 +97,30 @@ def test_sliding_window_rejects_a_mismatched_current(synthetic_truth):
     originals = synthetic_truth["frames"][:3, 0]
     with pytest.raises(ValueError, match="current"):
         sliding_window_edit(InvertingEditor(), originals, "p", DISFlow(), current=originals[:2])
+
+
+def test_a_later_pass_refines_its_first_window_whole(synthetic_truth):
+    """No frame is edited yet in a later pass: the first window is refined from its current images (the NeRF's
+    renders), frame 0 included, at the refinement level, not edited from noise and not left as it was."""
+    from ip2p_models.sliding_window import edit_window
+
+    class Frames:
+        def __init__(self, images):
+            self.images, self.originals = images.clone(), images.clone()
+
+        def current(self, frames):
+            return self.images[list(frames)]
+
+        def original(self, frames):
+            return self.originals[list(frames)]
+
+        def write(self, frames, images):
+            self.images[list(frames)] = images
+
+    frames = Frames(synthetic_truth["frames"][:4, 0])
+    editor = InvertingEditor()
+    settings = RefineSettings(refine_diffusion_steps=4, refine_num_steps=500)
+    done = edit_window(editor, frames, [0, 1, 2], [0, 1, 2], "invert", DISFlow(), settings, seed=1, from_noise=False)
+    assert [(c["init"], c["T"], c["steps"]) for c in editor.calls] == [("noisy_latent", 500, 4)]
+    assert torch.equal(editor.calls[0]["images"], synthetic_truth["frames"][:3, 0])  # from the current images
+    assert done.filled is None and torch.equal(frames.images[:3], done.edited)
