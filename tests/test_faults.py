@@ -45,8 +45,10 @@ def fitted(small_scene_dir, tmp_path_factory) -> tuple[Path, list[str]]:
     config.write_text(CONFIG.replace("n_iters = 30", "n_iters = 10").replace("upsamp_list = [15]", "upsamp_list = [5]"))
     argv = ["--config", str(config), "--datadir", str(small_scene_dir), "--basedir", str(root / "log"),
             "--render_test", "0", "--render_path", "0"]
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
     assert stream_train.main(argv) == 0
+    torch.set_num_threads(before)  # the modules after this one run with the session's threads
     return root / "log" / "tiny", argv
 
 

@@ -118,7 +118,7 @@ def test_a_checkpoint_of_another_branch_under_the_same_name_is_kept_aside(traine
     assert (branch / "ckpt-29.th").is_file()
 
 
-def test_resume_continues_from_saved_iteration(trained, monkeypatch):
+def test_resume_continues_from_saved_iteration(trained, monkeypatch, tmp_path):
     run, argv = trained
     starts = []
     original = Trainer.__init__
@@ -128,6 +128,7 @@ def test_resume_continues_from_saved_iteration(trained, monkeypatch):
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "__init__", spy)
+    run = shutil.copytree(run, tmp_path / "tiny")  # resumed in a copy: the module's run stays as fitted
     saved_grid = read_checkpoint(run / "ckpt-29.th")["kwargs"]["gridSize"]
     assert stream_train.main(argv + ["--ckpt", str(run / "ckpt-29.th"), "--n_iters", "35", "--render_test", "0",
                                      "--render_path", "0"]) == 0
