@@ -53,9 +53,10 @@ def camera_number(name: str) -> int:
 
 
 def list_frames(frame_dir: Path) -> list[Path]:
-    """Frame files of one camera, sorted; PNG preferred over JPEG when both exist."""
+    """Frame files of one camera, sorted; PNG preferred over JPEG when both exist (suffixes in any case)."""
+    candidates = [p for p in frame_dir.glob("[0-9]*") if p.is_file()]
     for suffix in FRAME_SUFFIXES:
-        files = sorted(frame_dir.glob(f"[0-9]*{suffix}"))
+        files = sorted(p for p in candidates if p.suffix.lower() == suffix)
         if files:
             return files
     return []
@@ -163,6 +164,11 @@ def load_frame(source: Path, cache: Path | None, size: tuple[int, int]) -> np.nd
         except ImageError:
             log.warning("damaged cached frame %s: resizing %s again", cache, source)
     image = read_rgb(source, FRAME_HINT)
+    h, w = image.shape[:2]
+    if abs(h - w * size[1] / size[0]) > max(2.0, 0.01 * h):  # resizing would stretch it
+        raise SceneError(f"{source} is {w}x{h}, another aspect ratio than the scene's {size[0]}x{size[1]} (the first "
+                         "camera's frames): all cameras need one image size; rotated or cropped frames? fix them or "
+                         "leave the camera out with skip_cams")
     if image.shape[1::-1] != size:
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     if cache is not None:
@@ -234,6 +240,10 @@ def read_n3dv(datadir: str | Path, *, downsample: float = 1.0, num_frames: int |
     src_h, src_w = first.shape[:2]
     poses = poses_bounds[:, :15].reshape(-1, 3, 5)
     hwf_h, hwf_w, focal = poses[0, :, 4]
+    if abs(src_h - src_w * hwf_h / hwf_w) > max(2.0, 0.01 * src_h):
+        raise SceneError(f"{files[names[0]][frame_ids[0]]} is {src_w}x{src_h} but {datadir / 'poses_bounds.npy'} "
+                         f"says {int(hwf_w)}x{int(hwf_h)}, another aspect ratio (rotated or cropped frames?): the "
+                         "intrinsics would not fit; use the frames the poses were made for")
     if (src_h, src_w) != (int(hwf_h), int(hwf_w)):
         log.info("frames are %dx%d while poses_bounds.npy says %dx%d; scaling the focal length to the frames",
                  src_w, src_h, int(hwf_w), int(hwf_h))
@@ -277,6 +287,9 @@ def read_n3dv(datadir: str | Path, *, downsample: float = 1.0, num_frames: int |
         scene_box = cameras.frustum_box(c2w, K, width, height, *near_far)
     render_path = cameras.spiral_path(c2w, float(bounds.min()), float(bounds.max()))
 
+    if test_cam not in numbers:
+        log.warning("test_cam %d is not loaded (missing or in skip_cams): cam%02d is the test camera", test_cam,
+                    numbers[0])
     test_cams = [numbers.index(test_cam)] if test_cam in numbers else [0]
     train_cams = [c for c in range(len(names)) if not (hold_out_test and c in test_cams)]
     if not train_cams:

@@ -202,6 +202,9 @@ def read_nerfies(datadir: str | Path, *, downsample: float = 1.0, num_frames: in
                              f"{len(times_all) - 1}")
         chosen = [times_all[f] for f in frame_list]
     else:
+        if num_frames and num_frames > len(times_all):
+            raise SceneError(f"num_frames = {num_frames}, but {datadir} has {len(times_all)} training frames: lower "
+                             f"num_frames to at most {len(times_all)}")
         chosen = times_all[:num_frames] if num_frames else times_all
     # 2. streams: the training camera, then validation cameras seen at every chosen time
     val_by_camera: dict[int, dict[int, Item]] = {}
@@ -209,6 +212,10 @@ def read_nerfies(datadir: str | Path, *, downsample: float = 1.0, num_frames: in
         val_by_camera.setdefault(item.camera, {})[item.time] = item
     streams = [[by_time[t] for t in chosen]]
     cam_ids = [train[0].camera]
+    unknown = sorted(set(int(c) for c in skip_cams) - set(val_by_camera))
+    if unknown:
+        raise SceneError(f"skip_cams {unknown}: {datadir} has no such validation camera (validation cameras: "
+                         f"{sorted(val_by_camera)})")
     for camera in sorted(val_by_camera):
         if camera in set(int(c) for c in skip_cams):
             continue
@@ -264,7 +271,8 @@ def read_nerfies(datadir: str | Path, *, downsample: float = 1.0, num_frames: in
         box = cameras.frustum_box(frame_c2w.reshape(-1, 4, 4)[:, :3], np.tile(K, (len(chosen), 1, 1)), width,
                                   height, near, far)
     path_poses = frame_c2w[np.linspace(0, len(chosen) - 1, min(PATH_VIEWS, len(chosen))).round().astype(int), 0]
-    times = torch.tensor([(t - chosen[0]) / max(chosen[-1] - chosen[0], 1) for t in chosen], dtype=torch.float32)
+    first, last = min(chosen), max(chosen)  # a frame_list need not be in order: times stay in [0, 1]
+    times = torch.tensor([(t - first) / max(last - first, 1) for t in chosen], dtype=torch.float32)
     test_cams = list(range(1, len(streams))) or [0]
     train_cams = [0]
     log.info("nerfies capture %s: %d frames, %d validation camera(s), %dx%d, near %.3f far %.3f", datadir,

@@ -246,6 +246,25 @@ def test_skip_unknown_camera(scene_copy):
         load_scene("n3dv", scene_copy, skip_cams=[7])
 
 
+def test_frame_suffixes_in_capitals_load(scene_copy):
+    for frame in (scene_copy / "frames" / "cam01").glob("*.png"):
+        frame.rename(frame.with_suffix(".PNG"))
+    assert load_scene("n3dv", scene_copy).images.shape[:2] == (4, 3)
+
+
+def test_a_camera_of_another_aspect_ratio_is_named(scene_copy):
+    write_rgb(scene_copy / "frames" / "cam02" / "000003.png", np.zeros((48, 36, 3), np.uint8))  # rotated
+    with pytest.raises(SceneError, match="cam02/000003.png is 36x48, another aspect ratio than the scene's 48x36"):
+        load_scene("n3dv", scene_copy)
+
+
+def test_frames_of_another_aspect_than_the_poses_are_named(scene_copy):
+    for frame in (scene_copy / "frames" / "cam00").glob("*.png"):
+        write_rgb(frame, np.zeros((48, 36, 3), np.uint8))
+    with pytest.raises(SceneError, match="000001.png is 36x48 but .*poses_bounds.npy says 48x36"):
+        load_scene("n3dv", scene_copy)
+
+
 def test_synthetic_reader_needs_ground_truth(scene_copy):
     shutil.rmtree(scene_copy / "gt")
     with pytest.raises(SceneError, match="not a scene written by tools/make_synthetic_scene.py"):

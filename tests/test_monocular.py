@@ -128,6 +128,8 @@ def test_reader_downsample_frames_and_validation_cameras(tmp_path):
     sub = load_scene("nerfies", write_capture(tmp_path / "other"), frame_list=[1, 3])
     assert sub.frame_ids == [1, 3] and sub.images.shape[0] == 2
     torch.testing.assert_close(sub.times, torch.tensor([0.0, 1.0]))
+    unordered = load_scene("nerfies", tmp_path / "other", frame_list=[3, 0, 1])  # times stay in [0, 1]
+    torch.testing.assert_close(unordered.times, torch.tensor([1.0, 0.0, 1 / 3]))
 
 
 def test_reader_bad_input(tmp_path):
@@ -143,6 +145,10 @@ def test_reader_bad_input(tmp_path):
         load_scene("iphone", root)
     with pytest.raises(SceneError, match="frame_list"):
         load_scene("hypernerf", write_capture(tmp_path / "capture3"), frame_list=[7])
+    with pytest.raises(SceneError, match="num_frames = 9, but .* has 4 training frames"):
+        load_scene("nerfies", tmp_path / "capture3", num_frames=9)
+    with pytest.raises(SceneError, match="skip_cams \\[7\\]: .* no such validation camera"):
+        load_scene("nerfies", tmp_path / "capture3", skip_cams=[7])
     # the files of the layout, each missing or wrong, named
     root = write_capture(tmp_path / "capture4")
     (root / "dataset.json").unlink()
