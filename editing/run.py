@@ -112,8 +112,9 @@ class EditRun:
         if not args.resume and has_state:
             raise ConfigError(f"{run_dir} already holds an edit: pass --resume to continue it, or another --expname "
                               "to start a new one (nothing was overwritten)")
+        began_from = EditState.read_info(run_dir).get("ckpt") if args.resume else None
         if args.resume and not args.ckpt:
-            args.ckpt = EditState.read_info(run_dir).get("ckpt")
+            args.ckpt = began_from
         if args.ckpt and Path(args.ckpt).is_dir():  # a training run directory: its latest checkpoint
             latest = latest_checkpoint(args.ckpt)
             if latest is None:
@@ -123,6 +124,10 @@ class EditRun:
         if not args.ckpt or not Path(args.ckpt).is_file():
             raise ConfigError(f"checkpoint {args.ckpt} not found: pass --ckpt with the fitted NeRF "
                               "(log/.../train_{scene}/ckpt-N.th from stream_train.py, or the release's)")
+        if began_from and Path(args.ckpt).resolve() != Path(began_from).resolve():
+            raise ResumeError(f"--resume: this edit began from {began_from}, but --ckpt gives "
+                              f"{Path(args.ckpt).resolve()} (a training folder's newer checkpoint?): pass --ckpt "
+                              f"{began_from}")
         if Path(args.ckpt).resolve().parent == run_dir.resolve():
             raise ConfigError(f"the edit's run directory {run_dir} is the folder of --ckpt {args.ckpt}; the edit "
                               "would replace its checkpoints: pass another --expname")
@@ -196,6 +201,12 @@ class EditRun:
                                start_iteration=start.iteration, optimizer_state=start.optimizer_state)
         # the editor may need longer than n_iters: the learning rates stop decaying at their final values
         self.lr_floor = [g["lr"] * fit.lr_decay_target_ratio for g in field.param_groups(fit.lr_init, fit.lr_basis)]
+        # the TV weights decay with the learning rates, and stop with them (else the regularizer against the floaters
+        # of inconsistent edits fades away during a long edit)
+        ratio = fit.lr_decay_target_ratio
+        self.tv_floor = (fit.TV_weight_density * ratio, fit.TV_weight_app * ratio)
+        if not args.resume:  # from now on the folder is this edit's: a crash before the first periodic save resumes
+            self.state.save(self.scene.images)
         log.info("run directory %s", run_dir)
 
     def resolve_key_cams(self) -> list[int]:
@@ -270,6 +281,8 @@ class EditRun:
         stats = trainer.step()
         for group, floor in zip(trainer.optimizer.param_groups, self.lr_floor):
             group["lr"] = max(group["lr"], floor)
+        trainer.tv_density, trainer.tv_app = max(trainer.tv_density, self.tv_floor[0]), max(trainer.tv_app,
+                                                                                           self.tv_floor[1])
         stats = trainer.after_step(stats)
         iteration = stats["iteration"]
         if trainer.writer is not None:
@@ -299,8 +312,8 @@ class EditRun:
     def refresh_from_nerf(self, pass_index: int) -> None:
         """Pass 2 and later start from the NeRF's renders: write them into the store (iterative dataset update)."""
         scene, store = self.scene, ImageStore(self.scene.images, self.scene.original, self.lock)
-        # a monocular capture's validation cameras are neither fitted nor edited: they keep their real frames
-        cams = list(scene.train_cams) if scene.moving else list(range(scene.num_cams))
+        # cameras never fitted (a monocular capture's validation cameras, a held-out test camera) keep their images
+        cams = list(scene.train_cams)
         with torch.no_grad():
             for frame in tqdm(range(scene.num_frames), desc=f"pass {pass_index}: NeRF renders into the dataset",
                               leave=False):
@@ -358,8 +371,10 @@ class EditRun:
                         desc="NeRF")
         try:
             try:
+                done_before = len(self.state.done)
                 self.edit()
-                if "edit_end" not in self.state.info:
+                # the edit ended now if this run edited anything (a resume may add passes to a finished edit)
+                if "edit_end" not in self.state.info or len(self.state.done) > done_before:
                     self.state.info["edit_end"] = trainer.iteration
                     self.save_state()
                 target = max(trainer.settings.n_iters, self.state.info["edit_end"] + args.post_edit_iters)

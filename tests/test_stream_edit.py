@@ -23,6 +23,7 @@ from editing.options import build_edit_parser, parse_edit_args
 from editing.schedules import key_camera
 from editing.toy_editors import ColourShiftEditor
 from models import build_sampler, load_checkpoint, render_image
+from models.checkpoint import latest_checkpoint, read_checkpoint
 from models.config import parse_args
 
 EDIT_CONFIG = TRAIN_CONFIG.replace("n_iters = 30", "n_iters = 40").replace("upsamp_list = [15]\n", "").replace(
@@ -290,3 +291,37 @@ def test_box_mode_depth_is_cached_as_z_depth(small_scene_dir, fitted, tmp_path, 
     points = depth_to_points(depth[0], scene.K[0], scene.pose(1, 0))
     camera = (points - scene.pose(1, 0)[:3, 3]) @ scene.pose(1, 0)[:3, :3]  # world to camera axes
     assert torch.allclose(camera[..., 2], torch.full_like(camera[..., 2], -2.0), atol=1e-4)
+
+
+def test_a_resume_that_adds_a_pass_fits_after_it_and_keeps_its_nerf(edit_argv, fitted, tmp_path, monkeypatch,
+                                                                     caplog):
+    from editing.options import parse_edit_args
+    from editing.run import EditRun
+
+    monkeypatch.setenv("EDIT_CALLS_FILE", str(tmp_path / "calls.txt"))
+    argv = edit_argv("more", "--editor", "editing_targets:counting_editor", "--post_edit_iters", "30")
+    # the folder is the edit's from the end of its setup: a crash before the first save can resume
+    edit = EditRun(parse_edit_args(argv))
+    edit.setup()
+    assert (tmp_path / "log" / "more" / "edit_state.json").is_file()
+    # the TV weights stop decaying where the learning rates stop (TV 1.0 in the config, target ratio 0.1)
+    edit.trainer.tv_density = edit.trainer.tv_app = 1e-6
+    edit.step()
+    assert edit.trainer.tv_density == pytest.approx(0.1) and edit.trainer.tv_app == pytest.approx(0.1)
+    shutil.rmtree(tmp_path / "log" / "more")
+
+    assert stream_edit.main(argv) == 0
+    run = tmp_path / "log" / "more"
+    first_end = json.loads((run / "edit_state.json").read_text())["info"]["edit_end"]
+    assert stream_edit.main(argv + ["--resume", "--edit_rounds", "2"]) == 0
+    info = json.loads((run / "edit_state.json").read_text())["info"]
+    assert info["edit_end"] > first_end  # the second pass ended the edit anew ...
+    last = read_checkpoint(latest_checkpoint(run))["instruct4d"]["iteration"]
+    assert last >= info["edit_end"] + 30 - 1  # ... and was fitted after it
+
+    newer = tmp_path / "train" / "ckpt-999.th"  # the training folder gained a checkpoint since the edit began
+    newer.parent.mkdir()
+    shutil.copy(fitted, newer)
+    with caplog.at_level(logging.ERROR, logger="stream_edit"):
+        assert stream_edit.main(argv + ["--ckpt", str(newer.parent), "--resume"]) == 2
+    assert f"this edit began from {fitted.resolve()}" in caplog.text
