@@ -159,6 +159,18 @@ def rgb_folder(datadir: Path, downsample: float) -> tuple[Path, float]:
     return datadir / "rgb" / f"{usable[-1]}x", downsample / usable[-1]
 
 
+def warn_transparent(path: Path) -> None:
+    """Say so when a capture's images carry alpha 0 (DyCheck iPhone marks the pixels its depth missed that way): the
+    loader keeps RGB only, so those pixels are fitted as they are stored (black)."""
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is not None and image.ndim == 3 and image.shape[2] == 4:
+        share = float((image[..., 3] == 0).mean())
+        if share > 0:
+            log.warning("%s has alpha 0 on %.1f%% of its pixels (pixels the capture marks invalid); this loader keeps "
+                        "RGB only, so they are fitted as stored (black): masks are not supported yet", path,
+                        100 * share)
+
+
 def read_nerfies(datadir: str | Path, *, downsample: float = 1.0, num_frames: int | None = None,
                  frame_list: Sequence[int] | None = None, skip_cams: Sequence[int] = (), ndc: bool = False,
                  hold_out_test: bool = False, test_cam: int | None = None, num_workers: int | None = None) -> Scene:
@@ -231,6 +243,7 @@ def read_nerfies(datadir: str | Path, *, downsample: float = 1.0, num_frames: in
     capture = [[read_camera(datadir / "camera" / f"{item.id}.json") for item in stream] for stream in streams]
     folder, extra = rgb_folder(datadir, downsample)
     first = read_rgb(folder / f"{streams[0][0].id}.png")
+    warn_transparent(folder / f"{streams[0][0].id}.png")
     stored_h, stored_w = first.shape[:2]
     width, height = downsampled_size(stored_w, stored_h, extra)
     full_w, full_h = capture[0][0].size

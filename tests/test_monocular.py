@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -130,6 +131,17 @@ def test_reader_downsample_frames_and_validation_cameras(tmp_path):
     torch.testing.assert_close(sub.times, torch.tensor([0.0, 1.0]))
     unordered = load_scene("nerfies", tmp_path / "other", frame_list=[3, 0, 1])  # times stay in [0, 1]
     torch.testing.assert_close(unordered.times, torch.tensor([1.0, 0.0, 1 / 3]))
+
+
+def test_transparent_pixels_are_said(tmp_path, caplog):
+    root = write_capture(tmp_path / "capture")
+    first = sorted((root / "rgb" / "1x").glob("0_*.png"))[0]
+    rgba = np.concatenate([iio.imread(first), np.full((30, 40, 1), 255, np.uint8)], axis=-1)
+    rgba[:15, :, 3] = 0  # the top half invalid, as an iPhone capture marks what its depth missed
+    iio.imwrite(first, rgba)
+    with caplog.at_level(logging.WARNING):
+        load_scene("iphone", root)
+    assert "alpha 0 on 50.0% of its pixels" in caplog.text
 
 
 def test_reader_bad_input(tmp_path):
