@@ -236,8 +236,11 @@ def read_nerfies(datadir: str | Path, *, downsample: float = 1.0, num_frames: in
             streams.append([seen[t] for t in chosen])
             cam_ids.append(camera)
         else:
-            log.info("validation camera %d has images at %d of the %d loaded times: not used as a test view", camera,
-                     sum(t in seen for t in chosen), len(chosen))
+            log.warning("validation camera %d has images at %d of the %d loaded times: not used as a test view "
+                        "(a test view needs every loaded time; frame_list or num_frames can choose times it has)",
+                        camera, sum(t in seen for t in chosen), len(chosen))
+    if len(streams) == 1 and val_by_camera:
+        log.warning("no validation camera covers the loaded times: test figures are measured on the training camera")
 
     # 3. cameras (full size, source world) and the image size
     capture = [[read_camera(datadir / "camera" / f"{item.id}.json") for item in stream] for stream in streams]
@@ -260,8 +263,11 @@ def read_nerfies(datadir: str | Path, *, downsample: float = 1.0, num_frames: in
         path = folder / f"{streams[s][f].id}.png"
         image = read_rgb(path)
         if image.shape[:2] != (stored_h, stored_w):
-            raise SceneError(f"{path} is {image.shape[1]}x{image.shape[0]}, the capture's images {stored_w}x"
-                             f"{stored_h}; every image of a stream must have one size")
+            size = f"{path} is {image.shape[1]}x{image.shape[0]}, the training camera's images {stored_w}x{stored_h}"
+            if s == 0:
+                raise SceneError(f"{size}: the training camera's images must have one size")
+            raise SceneError(f"{size}: validation camera {cam_ids[s]} has another size, which is not supported; leave "
+                             f"it out with skip_cams [{cam_ids[s]}]")
         if (width, height) != (stored_w, stored_h):
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
         images[f, s] = torch.from_numpy(image)

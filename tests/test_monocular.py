@@ -119,9 +119,11 @@ def test_reader_rays_match_the_formats_projection(tmp_path, splits):
         np.testing.assert_allclose(point.numpy(), (source - CENTER) * SCALE, atol=1e-5)
 
 
-def test_reader_downsample_frames_and_validation_cameras(tmp_path):
+def test_reader_downsample_frames_and_validation_cameras(tmp_path, caplog):
     root = write_capture(tmp_path / "capture", val_missing=True)
-    scene = load_scene("nerfies", root, downsample=2)
+    with caplog.at_level(logging.WARNING):
+        scene = load_scene("nerfies", root, downsample=2)
+    assert "test figures are measured on the training camera" in caplog.text
     assert scene.images.shape[2:4] == (15, 20)
     # the validation camera lacks time 2: it is no test view; the training camera is
     assert (scene.cam_ids, scene.test_cams) == ([0], [0])
@@ -172,8 +174,14 @@ def test_reader_bad_input(tmp_path):
         load_scene("nerfies", root)
     root = write_capture(tmp_path / "capture6")
     iio.imwrite(root / "rgb" / "1x" / "0_00003.png", np.zeros((10, 12, 3), np.uint8))
-    with pytest.raises(SceneError, match="0_00003.png"):
+    with pytest.raises(SceneError, match="0_00003.png is 12x10, .*: the training camera's images must have one"):
         load_scene("nerfies", root)
+    val = sorted((root / "rgb" / "1x").glob("1_*.png"))[0]
+    iio.imwrite(val, np.zeros((10, 12, 3), np.uint8))
+    iio.imwrite(root / "rgb" / "1x" / "0_00003.png", np.zeros((30, 40, 3), np.uint8))
+    with pytest.raises(SceneError, match="validation camera 1 has another size.*skip_cams \\[1\\]"):
+        load_scene("nerfies", root)
+    assert load_scene("nerfies", root, skip_cams=[1]).cam_ids == [0]
     # several training cameras at one time (a rig) and per-frame poses do not mix
     root = write_capture(tmp_path / "capture7")
     dataset = json.loads((root / "dataset.json").read_text())
