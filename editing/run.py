@@ -35,7 +35,9 @@ from .schedules import (
     Cameras,
     EditSettings,
     anchored_keys,
+    joint_key_views,
     key_camera,
+    key_views_key,
     keyframe_keys,
     per_frame_keys,
     time_keys,
@@ -219,6 +221,9 @@ class EditRun:
             if number not in scene.cam_ids:
                 raise ConfigError(f"key_cams: camera {number} is not in the scene (cameras {list(scene.cam_ids)})")
             positions.append(list(scene.cam_ids).index(number))
+        if self.args.edit_schedule == "keyview" and len(positions) > self.args.sequence_length:
+            raise ConfigError(f"key_cams: {len(positions)} key cameras, but their frame 0 is edited as one batch of at "
+                              f"most sequence_length = {self.args.sequence_length}: name fewer key cameras")
         return positions
 
     # -- stages ------------------------------------------------------------------------------------------------
@@ -248,10 +253,12 @@ class EditRun:
             time_units = [k for c in cams for k in time_keys(F, ids[c], s, pass_index, True, False)]
             return [("keyframe", [cams], keyframe_keys(C, s, pass_index)), ("time", split(cams), time_units)]
         others = [c for c in range(C) if c not in self.key_cams]
-        key_units = [k for c in self.key_cams for k in time_keys(F, ids[c], s, pass_index, False, True)]
+        joint = joint_key_views(self.key_cams, pass_index)  # several key cameras: their frame 0 together first
+        key_units = [k for c in self.key_cams for k in time_keys(F, ids[c], s, pass_index, False, not joint)]
         sets = split(others)
         view_units = [k for cams in sets for k in views_keys(F, cams, ids, s, pass_index)]
-        return [("keytime", split(list(self.key_cams)), key_units), ("views", sets, view_units)]
+        first = [("keyviews", [list(self.key_cams)], [key_views_key(pass_index)])] if joint else []
+        return first + [("keytime", split(list(self.key_cams)), key_units), ("views", sets, view_units)]
 
     def job(self, stage: str, pass_index: int, cams: list[int], rank: int) -> EditJob:
         args, scene = self.args, self.scene

@@ -344,6 +344,31 @@ def key_camera(c2w: Tensor) -> int:
     return int((centres - centres.mean(0)).norm(dim=-1).argmin())
 
 
+def key_views_key(pass_index: int) -> str:
+    """Unit key of :func:`edit_key_views`."""
+    return f"pass{pass_index}/keyviews/frame000"
+
+
+def joint_key_views(key_cams: Sequence[int], pass_index: int) -> bool:
+    """Whether the pass starts by editing the key cameras' frame 0 together (several key cameras, first pass)."""
+    return pass_index == 0 and len(key_cams) > 1
+
+
+def edit_key_views(editor, store: ImageStore, key_cams: Sequence[int], s: EditSettings, pass_index: int,
+                   units: Units) -> None:
+    """The ``keyview`` schedule with several key cameras: their frame 0 edited from noise as one anchor-aware batch
+    (the first key camera the anchor), so the key views agree before each is carried through time and before the
+    other cameras are built from them."""
+    key = key_views_key(pass_index)
+    if units.is_done(key) or units.stopping():
+        return
+    cams = list(key_cams)
+    current, cond = store.get(KEY_FRAME, cams), store.original(KEY_FRAME, cams)
+    out = _edit(editor, current, cond, s, T=1000, steps=s.diffusion_steps, seed=_unit_seed(s, key))
+    store.put(KEY_FRAME, cams, out)
+    units.done(key, [("input", cond), ("edited", out)])
+
+
 def views_keys(num_frames: int, cams: Sequence[int], cam_ids: Sequence[int], s: EditSettings,
                pass_index: int) -> list[str]:
     labels = [cams_label([cam_ids[c] for c in b]) for b in batches(list(cams), s.sequence_length - 1)]

@@ -22,15 +22,17 @@ from .schedules import (
     Units,
     edit_anchored,
     edit_key_frame,
+    edit_key_views,
     edit_other_views,
     edit_per_frame,
     edit_through_time,
+    joint_key_views,
 )
 from .store import ImageStore
 
 log = logging.getLogger(__name__)
 
-STAGES = ("keyframe", "time", "keytime", "views", "perframe", "anchor")
+STAGES = ("keyframe", "time", "keyviews", "keytime", "views", "perframe", "anchor")
 
 
 @dataclass
@@ -72,7 +74,8 @@ class EditJob:
 
     Attributes:
         stage: ``keyframe`` (frame 0 of all cameras), ``time`` (cameras through time, anchored on frame 0),
-            ``keytime`` (key cameras through time, sliding window), ``views`` (other cameras from the key views).
+            ``keyviews`` (several key cameras' frame 0 together), ``keytime`` (key cameras through time, sliding
+            window), ``views`` (other cameras from the key views).
         pass_index: editing pass (0 first; later passes refine the NeRF's renders).
         cams: camera positions this process edits.
         originals: the unedited uint8 store (shared memory).
@@ -173,9 +176,14 @@ def run_stage(job: EditJob, editor, flow, store: ImageStore, units: Units) -> No
             edit_anchored(editor, store, cam, job.cam_ids[cam], s, p, units)
     elif job.stage in ("time", "keytime"):
         key = job.stage == "keytime"
+        # a key camera's first window is its first edit of the pass, unless the key views' frame 0 was edited
+        # together first (edit_key_views)
+        first = key and not joint_key_views(job.key_cams, p)
         for cam in job.cams:
             edit_through_time(editor, store, flow, cam, job.cam_ids[cam], s, p, units, anchored_on_first=not key,
-                              full_first=key)
+                              full_first=first)
+    elif job.stage == "keyviews":
+        edit_key_views(editor, store, job.cams, s, p, units)
     else:
         depth_at = lru_cache(maxsize=2)(lambda f: load_depth(job.depth_files[f]))
         edit_other_views(editor, store, flow, depth_at, job.cameras, job.key_cams, job.cams, job.cam_ids, s, p,

@@ -14,6 +14,7 @@ from editing.schedules import (
     average_by_depth,
     cosine_strengths,
     edit_key_frame,
+    edit_key_views,
     edit_other_views,
     edit_through_time,
     key_camera,
@@ -194,3 +195,22 @@ def test_store_reads_exactly_the_images_asked_for():
     assert torch.equal(view.get(2, 1), image(2, 1)[None])
     with pytest.raises(ValueError, match="one frame of several cameras"):
         view.get([0, 1], [0, 1])
+
+
+def test_several_key_views_are_edited_together_first(synthetic_truth):
+    """Two key cameras: their frame 0 in one editor call (one anchor-aware batch), then each camera's sliding window
+    starts from it (frame 0 is not edited again on its own)."""
+    store, editor = make_store(synthetic_truth), ColourShiftEditor()
+    store = ImageStore(store.images[:3].clone(), store.originals[:3].clone())
+    s = EditSettings(prompt="p", sequence_length=3, ndc=False)
+    units, flow = Units(), make_flow("dis")
+    edit_key_views(editor, store, [1, 4], s, 0, units)
+    assert (editor.calls, editor.images_edited) == (1, 2) and "pass0/keyviews/frame000" in units.finished
+    frame0 = store.images[0, [1, 4]].clone()
+    for cam in (1, 4):
+        edit_through_time(editor, store, flow, cam, cam, s, 0, units, anchored_on_first=False, full_first=False)
+    assert torch.equal(store.images[0, [1, 4]], frame0)
+    assert all(not torch.equal(store.images[f, c], store.originals[f, c]) for f in range(3) for c in (1, 4))
+    calls = editor.calls
+    edit_key_views(editor, store, [1, 4], s, 0, units)  # done: not again
+    assert editor.calls == calls

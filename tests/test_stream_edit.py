@@ -325,3 +325,24 @@ def test_a_resume_that_adds_a_pass_fits_after_it_and_keeps_its_nerf(edit_argv, f
     with caplog.at_level(logging.ERROR, logger="stream_edit"):
         assert stream_edit.main(argv + ["--ckpt", str(newer.parent), "--resume"]) == 2
     assert f"this edit began from {fitted.resolve()}" in caplog.text
+
+
+def test_keyview_with_two_key_cameras(edit_argv, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDIT_CALLS_FILE", str(tmp_path / "calls.txt"))
+    argv = edit_argv("kv2", "--edit_schedule", "keyview", "--key_cams", "0", "--key_cams", "2", "--editor",
+                     "editing_targets:counting_editor", "--edit_rounds", "2", "--post_edit_iters", "5")
+    assert stream_edit.main(argv) == 0
+    done = json.loads((tmp_path / "log" / "kv2" / "edit_state.json").read_text())["done"]
+    # pass 0: the key views' frame 0 together, then their windows from frame 1; pass 1 refines each from frame 0
+    assert "pass0/keyviews/frame000" in done and "pass1/keyviews/frame000" not in done
+    assert "pass0/time/cam00/frames001-002" in done and "pass1/time/cam00/frames000-002" in done
+
+
+
+def test_more_key_cameras_than_a_batch_are_refused(edit_argv, caplog):
+    argv = edit_argv("kv4", "--edit_schedule", "keyview", "--key_cams", "0", "--key_cams", "1", "--key_cams", "2",
+                     "--sequence_length", "2", "--overlap_length", "1", "--editor", "editing_targets:counting_editor")
+    with caplog.at_level(logging.ERROR, logger="stream_edit"):
+        assert stream_edit.main(argv) == 2
+    assert "key_cams: 3 key cameras, but their frame 0 is edited as one batch of at most sequence_length = 2" in (
+        caplog.text)
