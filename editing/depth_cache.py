@@ -43,7 +43,7 @@ class DepthCache:
         # which cameras were loaded, not just how many: a shared --cache may serve another skip_cams
         self.identity = {**checkpoint_identity(ckpt), "height": scene.height, "width": scene.width,
                          "num_cams": scene.num_cams, "cam_ids": [int(c) for c in scene.cam_ids],
-                         "ndc": bool(scene.ndc), "depth": "ndc" if scene.ndc else "z"}
+                         "ndc": bool(scene.ndc)}  # depth: the NDC ray parameter, else z-depth (z_depth)
         self.scene = scene
         self.field = field
         self.sampler = sampler

@@ -125,18 +125,30 @@ class EditorPool:
         """All editors finished without error."""
         return len(self.finished) == len(self.procs)
 
-    def _drain(self, timeout: float = 0.0) -> None:
-        """Read every queued message; the first read waits up to ``timeout`` seconds."""
+    def _queued(self, timeout: float = 0.0):
+        """Every queued message ``(kind, rank, payload)``; the first read waits up to ``timeout`` seconds."""
         while True:
             try:
-                kind, rank, payload = self.messages.get(timeout=timeout) if timeout else self.messages.get_nowait()
+                yield self.messages.get(timeout=timeout) if timeout else self.messages.get_nowait()
             except queue.Empty:
                 return
             timeout = 0.0
+
+    def _drain(self, timeout: float = 0.0) -> None:
+        """Read every queued message; the first read waits up to ``timeout`` seconds."""
+        for kind, rank, payload in self._queued(timeout):
             if kind == "error":
                 self.shutdown()  # the other editors' notes until they stop are still read (units they finished)
                 raise EditorFailed(f"editor {rank} failed:\n{payload}")
             self._note(kind, rank, payload)
+
+    def _collect(self) -> None:
+        """Read every queued message without raising (while stopping: a further error changes nothing)."""
+        for kind, rank, payload in self._queued():
+            if kind == "error":
+                log.warning("editor %d failed while stopping:\n%s", rank, payload)
+            else:
+                self._note(kind, rank, payload)
 
     def _note(self, kind: str, rank: int, payload) -> None:
         if kind == "done":
@@ -144,18 +156,6 @@ class EditorPool:
         elif kind == "progress":
             self.progress[rank] = payload
             self.notes.append((rank, payload))
-
-    def _collect(self) -> None:
-        """Read every queued message without raising (while stopping: a further error changes nothing)."""
-        while True:
-            try:
-                kind, rank, payload = self.messages.get_nowait()
-            except queue.Empty:
-                return
-            if kind == "error":
-                log.warning("editor %d failed while stopping:\n%s", rank, payload)
-            else:
-                self._note(kind, rank, payload)
 
     def take_notes(self) -> list[tuple[int, dict]]:
         """Progress notes ``(rank, fields)`` received since the last call, oldest first."""

@@ -343,6 +343,12 @@ def check_earlier_runs(settings: MiniTrainSettings) -> None:
 def check_training(settings: MiniTrainSettings, out_dir: str | Path) -> None:
     """Raise ValueError, naming the option, for settings the training cannot run with or an output folder it must
     not replace (checked before the hour of training, not after)."""
+    if min(settings.vae_steps, settings.unet_steps, settings.crop, settings.vae_batch, settings.unet_batch) < 1:
+        raise ValueError("--vae_steps, --unet_steps, --crop, --vae_batch and --unet_batch must be positive")
+    if settings.prediction_type not in ("v_prediction", "epsilon"):
+        raise ValueError(f"--prediction_type {settings.prediction_type}: must be v_prediction or epsilon")
+    if settings.crop % 4:
+        raise ValueError(f"--crop {settings.crop}: must be a multiple of 4 (the autoencoder's downsampling)")
     if settings.vae_batch < 2:
         raise ValueError(f"--vae_batch {settings.vae_batch}: must be at least 2 (half sources, half targets)")
     if not 4 <= settings.crop <= MAX_IMAGE_SIDE:

@@ -325,8 +325,9 @@ class Trainer:
                 raise ValueError("Trainer.save needs a path when the trainer has no run_dir")
             path = self.run_dir / checkpoint_name(self.iteration - 1)
             if path.exists() and path not in self.written:  # another run's checkpoint under this name: kept aside
-                kept = next(path.with_name(f"{path.name}.kept{n or ''}") for n in range(10**6)
-                            if not path.with_name(f"{path.name}.kept{n or ''}").exists())
+                kept, n = path.with_name(path.name + ".kept"), 1
+                while kept.exists():
+                    kept, n = path.with_name(f"{path.name}.kept{n}"), n + 1
                 path.replace(kept)
                 log.warning("%s was not written by this run: moved to %s before saving", path, kept)
         path = save_checkpoint(self.field, path, iteration=self.iteration - 1, optimizer=self.optimizer)

@@ -255,8 +255,7 @@ class OccupancySampler:
         self.early_stop = float(min_transmittance)
         self.color_voxels = float(color_voxels)
         self.grid: OccupancyGrid | None = None
-        self._built_for: tuple[int, list[int]] | None = None
-        self._built_version: tuple | None = None
+        self._built_version: tuple | None = None  # factors_version of the field the grid was built from
         self.time_volume = TimeVolume(render_volume_mib, self.alpha_thres, self.max_cells)
 
     def color_stride(self, field) -> int:
@@ -267,13 +266,13 @@ class OccupancySampler:
         """Rebuild the grid from ``field`` now."""
         self.grid = OccupancyGrid.from_field(field, alpha_thres=self.alpha_thres, max_cells=self.max_cells,
                                              dilation=self.dilation)
-        self._built_for = (id(field), list(field.gridSize))
         self._built_version = factors_version(field)
         return self.grid
 
     def grid_for(self, field) -> OccupancyGrid:
         """The grid, rebuilt first when it was made for another field or grid resolution."""
-        if self.grid is None or self._built_for != (id(field), list(field.gridSize)):
+        # (field, grid size): the first two entries of its version; training refreshes it periodically, not per step
+        if self.grid is None or self._built_version[:2] != factors_version(field)[:2]:
             self.refresh(field)
         return self.grid
 

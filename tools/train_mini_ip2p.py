@@ -58,12 +58,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     settings = MiniTrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(MiniTrainSettings)})
-    if min(settings.vae_steps, settings.unet_steps, settings.crop, settings.vae_batch, settings.unet_batch) < 1:
-        parser.error("--vae_steps, --unet_steps, --crop, --vae_batch and --unet_batch must be positive")
-    if settings.prediction_type not in ("v_prediction", "epsilon"):
-        parser.error(f"--prediction_type {settings.prediction_type}: must be v_prediction or epsilon")
-    if settings.crop % 4:
-        parser.error(f"--crop {settings.crop}: must be a multiple of 4 (the autoencoder's downsampling)")
     try:
         parse_instruction_mix(settings.instruction_mix)
         check_training(settings, args.out)
