@@ -153,6 +153,12 @@ def cache_dir_name(downsample: float) -> str:
     return f"frames{int(downsample) if float(downsample).is_integer() else downsample}x"
 
 
+def other_aspect(width: int, height: int, ref_width: float, ref_height: float) -> bool:
+    """Whether a ``width x height`` image has another aspect ratio than ``ref_width x ref_height`` (beyond the
+    rounding of a downsampled size: 2 pixels or 1%)."""
+    return abs(height - width * ref_height / ref_width) > max(2.0, 0.01 * height)
+
+
 def load_frame(source: Path, cache: Path | None, size: tuple[int, int]) -> np.ndarray:
     """One frame at ``size = (W, H)``, read from the PNG cache or resized from the source and cached."""
     # a cache entry older than its source (frames replaced or re-extracted since) or damaged is rebuilt
@@ -165,7 +171,7 @@ def load_frame(source: Path, cache: Path | None, size: tuple[int, int]) -> np.nd
             log.warning("damaged cached frame %s: resizing %s again", cache, source)
     image = read_rgb(source, FRAME_HINT)
     h, w = image.shape[:2]
-    if abs(h - w * size[1] / size[0]) > max(2.0, 0.01 * h):  # resizing would stretch it
+    if other_aspect(w, h, *size):  # resizing would stretch it
         raise SceneError(f"{source} is {w}x{h}, another aspect ratio than the scene's {size[0]}x{size[1]} (the first "
                          "camera's frames): all cameras need one image size; rotated or cropped frames? fix them or "
                          "leave the camera out with skip_cams")
@@ -240,7 +246,7 @@ def read_n3dv(datadir: str | Path, *, downsample: float = 1.0, num_frames: int |
     src_h, src_w = first.shape[:2]
     poses = poses_bounds[:, :15].reshape(-1, 3, 5)
     hwf_h, hwf_w, focal = poses[0, :, 4]
-    if abs(src_h - src_w * hwf_h / hwf_w) > max(2.0, 0.01 * src_h):
+    if other_aspect(src_w, src_h, hwf_w, hwf_h):
         raise SceneError(f"{files[names[0]][frame_ids[0]]} is {src_w}x{src_h} but {datadir / 'poses_bounds.npy'} "
                          f"says {int(hwf_w)}x{int(hwf_h)}, another aspect ratio (rotated or cropped frames?): the "
                          "intrinsics would not fit; use the frames the poses were made for")

@@ -224,12 +224,13 @@ def read_nerfies(datadir: str | Path, *, downsample: float = 1.0, num_frames: in
         val_by_camera.setdefault(item.camera, {})[item.time] = item
     streams = [[by_time[t] for t in chosen]]
     cam_ids = [train[0].camera]
-    unknown = sorted(set(int(c) for c in skip_cams) - set(val_by_camera))
+    skipped = {int(c) for c in skip_cams}
+    unknown = sorted(skipped - set(val_by_camera))
     if unknown:
         raise SceneError(f"skip_cams {unknown}: {datadir} has no such validation camera (validation cameras: "
                          f"{sorted(val_by_camera)})")
     for camera in sorted(val_by_camera):
-        if camera in set(int(c) for c in skip_cams):
+        if camera in skipped:
             continue
         seen = val_by_camera[camera]
         if all(t in seen for t in chosen):
@@ -290,8 +291,8 @@ def read_nerfies(datadir: str | Path, *, downsample: float = 1.0, num_frames: in
         box = cameras.frustum_box(frame_c2w.reshape(-1, 4, 4)[:, :3], np.tile(K, (len(chosen), 1, 1)), width,
                                   height, near, far)
     path_poses = frame_c2w[np.linspace(0, len(chosen) - 1, min(PATH_VIEWS, len(chosen))).round().astype(int), 0]
-    first, last = min(chosen), max(chosen)  # a frame_list need not be in order: times stay in [0, 1]
-    times = torch.tensor([(t - first) / max(last - first, 1) for t in chosen], dtype=torch.float32)
+    lo, hi = min(chosen), max(chosen)  # a frame_list need not be in order: times stay in [0, 1]
+    times = torch.tensor([(t - lo) / max(hi - lo, 1) for t in chosen], dtype=torch.float32)
     test_cams = list(range(1, len(streams))) or [0]
     train_cams = [0]
     log.info("nerfies capture %s: %d frames, %d validation camera(s), %dx%d, near %.3f far %.3f", datadir,
