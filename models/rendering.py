@@ -15,7 +15,6 @@ from torch import Tensor
 from .compositing import (
     HEAVY_WEIGHT,
     Times,
-    alpha_weights,
     composite_depth,
     composite_rgb,
     over_background,
@@ -23,7 +22,7 @@ from .compositing import (
     sample_weights,
     shading_anchors,
 )
-from .sampling import OccupancySampler, RaySampler, RaySteps
+from .sampling import Marched, OccupancySampler, RaySampler
 
 
 def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: Times, *, n_samples: int,
@@ -47,10 +46,10 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
         ``weights [n_rays, n_samples]`` and ``z_vals [n_rays or 1, n_samples]`` (for losses on the weights).
     """
     if not train and isinstance(sampler, OccupancySampler) and not isinstance(t, Sequence):
-        # a render with the fast sampler: march the rays, then shade (models.sampling.OccupancySampler.march)
-        steps, sigma = sampler.march(field, rays_o, rays_d, n_samples, t)
-        return composite_marched(field, steps, sigma, t, white_bg, color_stride=sampler.color_stride(field),
-                                 color=color)
+        # a render with the fast sampler: march the rays, then shade (models.sampling.OccupancySampler.march_weights)
+        stride = sampler.color_stride(field)
+        marched = sampler.march_weights(field, rays_o, rays_d, n_samples, t, color_stride=stride if color else 0)
+        return composite_marched(field, marched, t, white_bg, color_stride=stride, color=color)
     samples = sampler(field, rays_o, rays_d, n_samples, train, generator, t=t)
     xyz = field.normalize_coord(samples.xyz)
     weights = sample_weights(field, samples, xyz, t)
@@ -70,27 +69,32 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
     return out
 
 
-def composite_marched(field, steps: RaySteps, sigma: Tensor, t: float, white_bg: bool, *, color_stride: int = 1,
+def composite_marched(field, marched: Marched, t: float, white_bg: bool, *, color_stride: int = 1,
                       color: bool = True) -> dict[str, Tensor]:
-    """:func:`render_rays`' outputs from a marched render's densities (:meth:`OccupancySampler.march`).
+    """:func:`render_rays`' outputs from a marched render (:meth:`OccupancySampler.march_weights`).
 
     The same compositing as dense renders. Colour is evaluated only where the weight exceeds
     ``rayMarch_weight_thres``, and there at every ``color_stride``-th sample of each ray's run and at every sample
     carrying more than ``HEAVY_WEIGHT`` of its pixel, interpolated in between
-    (:func:`models.compositing.shading_anchors`); ``color_stride`` 1 is dense mode's colour exactly.
+    (:func:`models.compositing.shading_anchors`); ``color_stride`` 1 is dense mode's colour exactly. The compiled
+    march gives the anchors' weights of that split itself (``marched.anchor_weights``).
     """
-    weights = alpha_weights(sigma, steps.dists * field.distance_scale)[1]
+    steps, weights = marched.steps, marched.weights
     acc = weights.sum(-1)
     # the release's far value: the ray direction's z (NDC rays as given; unit directions in a box)
     out = {"depth": composite_depth(weights, steps.z_vals, steps.directions[:, 2]), "acc": acc}
     if not color:
         return out
-    ray, index = torch.nonzero(weights > field.rayMarch_weight_thres, as_tuple=True)
-    w = weights[ray, index]
-    anchors, lo, hi, share = shading_anchors(ray, index, color_stride, heavy=w > HEAVY_WEIGHT)
-    anchor_w = torch.zeros(anchors.shape[0], device=w.device, dtype=w.dtype)
-    anchor_w.index_add_(0, lo, w * (1.0 - share.to(w.dtype))).index_add_(0, hi, w * share.to(w.dtype))
-    ray, index = ray[anchors], index[anchors]
+    if marched.anchor_weights is not None:
+        ray, index = torch.nonzero(marched.anchor_weights, as_tuple=True)
+        anchor_w = marched.anchor_weights[ray, index]
+    else:
+        ray, index = torch.nonzero(weights > field.rayMarch_weight_thres, as_tuple=True)
+        w = weights[ray, index]
+        anchors, lo, hi, share = shading_anchors(ray, index, color_stride, heavy=w > HEAVY_WEIGHT)
+        anchor_w = torch.zeros(anchors.shape[0], device=w.device, dtype=w.dtype)
+        anchor_w.index_add_(0, lo, w * (1.0 - share.to(w.dtype))).index_add_(0, hi, w * share.to(w.dtype))
+        ray, index = ray[anchors], index[anchors]
     points = field.normalize_coord(steps.point(ray, index))
     rgb = field.color(points, steps.viewdirs[ray], field.app_features(points, t)).to(weights.dtype)
     rgb_map = torch.zeros((weights.shape[0], 3), device=weights.device, dtype=weights.dtype)

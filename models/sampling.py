@@ -27,7 +27,8 @@ from torch import Tensor
 
 from common.errors import UserError
 
-from .compositing import Times, alpha_weights, sample_weights
+from . import compiled_march
+from .compositing import HEAVY_WEIGHT, Times, alpha_weights, sample_weights
 from .occupancy import FeatureVolumes, OccupancyGrid, TimeVolume, factors_version
 
 EARLY_STOP_SEGMENT = 64  # samples per step of a render's ray march (OccupancySampler.march)
@@ -121,6 +122,23 @@ class RaySteps:
         xyz = self.origins[:, None, :] + self.directions[:, None, :] * self.z_vals[..., None]
         return RaySamples(xyz=xyz, z_vals=self.z_vals, dists=self.dists, viewdirs=self.viewdirs,
                           valid=inside_box(xyz, aabb))
+
+
+@dataclass
+class Marched:
+    """A marched render's rays (:meth:`OccupancySampler.march_weights`).
+
+    Attributes:
+        steps: where the samples lie.
+        weights: ``[n_rays, n_samples]`` compositing weights (0 at samples not looked at).
+        anchor_weights: ``[n_rays, n_samples]`` or None: the weight each shaded sample carries in
+            :func:`models.compositing.shading_anchors`' split, 0 at samples not shaded (None: not computed; the
+            renderer derives them from ``weights``).
+    """
+
+    steps: RaySteps
+    weights: Tensor
+    anchor_weights: Tensor | None = None
 
 
 def inside_range(steps: RaySteps, rays: Tensor, start: int, z: Tensor, enter: Tensor, leave: Tensor,
@@ -241,10 +259,13 @@ class OccupancySampler:
             ``round(color_voxels / step_ratio)`` samples, and at the run's first and last), and interpolate it
             linearly in between (:func:`models.compositing.shading_anchors`); 0: at every weighted sample, as dense
             mode does.
+        compiled: CPU renders with a time volume march in one compiled loop (:mod:`models.compiled_march`) when
+            numba is installed; False: always the PyTorch march (:meth:`march`).
     """
 
     def __init__(self, ndc: bool, *, alpha_thres: float = 1e-4, max_cells: int = 256, dilation: int = 0,
-                 min_transmittance: float = 1e-4, render_volume_mib: float = 512, color_voxels: float = 2.0):
+                 min_transmittance: float = 1e-4, render_volume_mib: float = 512, color_voxels: float = 2.0,
+                 compiled: bool = True):
         if not color_voxels >= 0:
             raise SamplingError(f"--render_color_voxels must be 0 (colour at every sample) or more, got {color_voxels}")
         self.ndc = ndc
@@ -254,6 +275,7 @@ class OccupancySampler:
         # renders stop each ray once its transmittance is below this (march)
         self.early_stop = float(min_transmittance)
         self.color_voxels = float(color_voxels)
+        self.compiled = bool(compiled)
         self.grid: OccupancyGrid | None = None
         self._built_version: tuple | None = None  # factors_version of the field the grid was built from
         self.time_volume = TimeVolume(render_volume_mib, self.alpha_thres, self.max_cells)
@@ -279,6 +301,22 @@ class OccupancySampler:
     def render_volume(self, field, t: float) -> TimeVolume | None:
         """The time volume of a render of ``field`` at time ``t``, or None (a field too large for the budget)."""
         return self.time_volume.update(field, float(t)) if self.time_volume.usable(field) else None
+
+    def march_weights(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, t: float,
+                      color_stride: int = 0, segment: int = EARLY_STOP_SEGMENT) -> Marched:
+        """A render's compositing weights at the dense positions: :meth:`march`'s densities composited, or the same
+        weights from the compiled march (CPU renders with a time volume, see :mod:`models.compiled_march`), which
+        also gives the shading anchors' weights of ``color_stride`` > 0 (0: weights only)."""
+        volume = self.render_volume(field, t)
+        if self.compiled and volume is not None and compiled_march.usable(rays_o, volume.volume):
+            steps = self.dense.steps(field, rays_o, rays_d, n_samples)
+            anchors = (field.rayMarch_weight_thres, HEAVY_WEIGHT, color_stride) if color_stride > 0 else None
+            weights, anchor_weights = compiled_march.march_weights(
+                steps, steps.dists * field.distance_scale, field.aabb, volume.volume, volume.grid,
+                field.fea2denseAct, field.density_shift, self.early_stop, segment, anchors)
+            return Marched(steps, weights, anchor_weights)
+        steps, sigma = self.march(field, rays_o, rays_d, n_samples, t, segment)
+        return Marched(steps, alpha_weights(sigma, steps.dists * field.distance_scale)[1])
 
     def march(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, t: float,
               segment: int = EARLY_STOP_SEGMENT) -> tuple[RaySteps, Tensor]:
@@ -445,7 +483,8 @@ SAMPLERS: dict[str, Callable[..., RaySampler]] = {"dense": DenseSampler, "fast":
 
 def build_sampler(name: str, ndc: bool, **options) -> RaySampler:
     """The sampler registered under ``name`` (``--sampling``); ``options`` go to its constructor (for ``fast``:
-    ``alpha_thres``, ``max_cells``, ``dilation``, ``min_transmittance``, ``render_volume_mib``, ``color_voxels``)."""
+    ``alpha_thres``, ``max_cells``, ``dilation``, ``min_transmittance``, ``render_volume_mib``, ``color_voxels``,
+    ``compiled``)."""
     if name not in SAMPLERS:
         raise SamplingError(f"unknown sampling {name!r}: choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[name](ndc=ndc, **options)

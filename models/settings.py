@@ -61,6 +61,9 @@ class FitSettings:
         2.0, "fast sampling, renders: evaluate colour about every this many grid cells along a ray (every "
         "round(this / step_ratio) samples of its weighted run, and at the run's ends) and interpolate it in between; "
         "0: at every sample, as dense renders do")
+    render_compiled: bool = setting(
+        True, "fast sampling, CPU renders: march the rays in one compiled loop (numba; the same weights as the "
+        "PyTorch march up to float rounding); 0: PyTorch operators")
     importance_fine: float = setting(
         0.05, "fast sampling, NDC: fit each batch at this share of the dense sample count, drawn where a coarse pass "
         "puts the weight (0: fit at the dense positions)")
@@ -119,4 +122,5 @@ class FitSettings:
             return {}
         return {"alpha_thres": self.occupancy_alpha, "max_cells": self.occupancy_cells,
                 "dilation": self.occupancy_dilate, "min_transmittance": self.occupancy_min_transmittance,
-                "render_volume_mib": self.occupancy_render_mib, "color_voxels": self.render_color_voxels}
+                "render_volume_mib": self.occupancy_render_mib, "color_voxels": self.render_color_voxels,
+                "compiled": self.render_compiled}

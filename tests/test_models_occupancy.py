@@ -10,7 +10,7 @@ import torch
 from dataloader import load_scene
 from dataloader.cameras import unproject_depth
 from models import FitSettings, Trainer, build_model, build_sampler, field_from_args, render_image, render_rays
-from models.compositing import alpha_weights
+from models.compositing import HEAVY_WEIGHT, alpha_weights, shading_anchors
 from models.config import parse_args
 from models.occupancy import OccupancyGrid, TimeVolume, feature_threshold, probe_times
 from models.sampling import OccupancySampler
@@ -120,6 +120,62 @@ def test_zero_threshold_relu_renders_exactly_like_dense(ld, ndc):
     assert skipped > 0
     for key in ("rgb", "depth", "acc"):
         assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+@pytest.mark.parametrize("act, ndc, ld, max_cells", [("softplus", True, 0.5, 256), ("relu", False, 2, 256),
+                                                     ("softplus", False, 0.5, 3)])
+def test_compiled_march_is_the_pytorch_march(act, ndc, ld, max_cells):
+    """CPU renders march in one compiled loop (models.compiled_march): the same weights as the PyTorch march, with
+    and without the early stop (0.2 here: it stops rays in both spaces), the same shading anchors' weights as
+    shading_anchors' split of those weights, and so the same renders; in NDC and in a box, with a grid pooled to
+    fewer cells than the field's (``max_cells`` 3)."""
+    field = tiny(act=act, ld=ld)
+    with torch.no_grad():
+        for plane in field.density_plane:
+            plane.mul_(8)  # opaque enough for rays to stop
+    rays_o, rays_d = rays(200)
+    if not ndc:
+        rays_o = rays_o - torch.tensor([0.0, 0.0, 0.7])
+    for stop, segment in ((1e-4, 64), (0.2, 8)):
+        options = {"min_transmittance": stop, "max_cells": max_cells}
+        compiled = build_sampler("fast", ndc, **options)
+        plain = build_sampler("fast", ndc, compiled=False, **options)
+        with torch.no_grad():
+            a = compiled.march_weights(field, rays_o, rays_d, 48, 0.4, color_stride=4, segment=segment)
+            b = plain.march_weights(field, rays_o, rays_d, 48, 0.4, color_stride=4, segment=segment)
+            whole = build_sampler("fast", ndc, min_transmittance=0.0, max_cells=max_cells).march_weights(
+                field, rays_o, rays_d, 48, 0.4, segment=segment)
+        assert b.anchor_weights is None and a.anchor_weights is not None  # the PyTorch march has no anchors
+        assert (a.weights > 0).sum() > 500 and torch.allclose(a.weights, b.weights, atol=1e-6, rtol=0)
+        stopped = (whole.weights - a.weights).abs().sum(-1) > 0
+        assert stopped.any() == (stop > 0.1), stopped.sum()
+        ray, index = torch.nonzero(b.weights > field.rayMarch_weight_thres, as_tuple=True)
+        w = b.weights[ray, index]
+        anchors, lo, hi, share = shading_anchors(ray, index, 4, heavy=w > HEAVY_WEIGHT)
+        expected = torch.zeros_like(b.weights)
+        expected.index_put_((ray[anchors[lo]], index[anchors[lo]]), w * (1 - share), accumulate=True)
+        expected.index_put_((ray[anchors[hi]], index[anchors[hi]]), w * share, accumulate=True)
+        assert torch.allclose(a.anchor_weights, expected, atol=1e-6, rtol=0)
+        assert torch.equal(a.anchor_weights > 0, expected > 0)
+        with torch.no_grad():
+            renders = [render_rays(field, sampler, rays_o, rays_d, 0.4, n_samples=48) for sampler in (compiled, plain)]
+        for key in ("rgb", "depth", "acc"):
+            assert torch.allclose(renders[0][key], renders[1][key], atol=1e-5), key
+
+
+def test_compiled_march_only_where_it_applies():
+    """The PyTorch march runs for what the compiled one does not cover: float64 rays, a field too large for the
+    time volume, ``--render_compiled 0``."""
+    field = tiny()
+    rays_o, rays_d = rays()
+    with torch.no_grad():
+        assert build_sampler("fast", True).march_weights(field, rays_o, rays_d, 48, 0.3, 4).anchor_weights is not None
+        for sampler in (build_sampler("fast", True, render_volume_mib=0), build_sampler("fast", True, compiled=False)):
+            assert sampler.march_weights(field, rays_o, rays_d, 48, 0.3, 4).anchor_weights is None
+        wide = build_sampler("fast", True).march_weights(field.double(), rays_o.double(), rays_d.double(), 48, 0.3, 4)
+        assert wide.anchor_weights is None and wide.weights.dtype == torch.float64
+    args = parse_args(TINY + ["--render_compiled", "0"])
+    assert not FitSettings.from_args(args).sampler_options()["compiled"]
 
 
 def test_colour_spacing_and_depth_only_renders():

@@ -1,0 +1,195 @@
+"""A fast render's ray march as one compiled CPU loop (numba), for renders that use a time volume.
+
+:meth:`models.sampling.OccupancySampler.march` walks the rays with PyTorch operators, a segment of samples at a
+time: each step makes whole ``[rays, segment]`` arrays (points, box test, cells, lookups, scatter), and most of a
+CPU render's time goes into those passes rather than into the lookups themselves. Here each ray is walked once,
+sample by sample, in compiled code (rays split over the CPU's threads): the box test, the occupancy cell, the
+trilinear lookup of the time's node volume, the density, the compositing weight, and the stop once the ray's
+transmittance is below the threshold, with nothing stored but the weights. The arithmetic is that of the PyTorch
+march (the same float32 points, the grid and volume indexing of ``grid_sample`` with ``align_corners=True``, the
+same segments for the early stop), so both give the same weights up to float rounding
+(``tests/test_models_rendering.py``).
+
+Used for CPU renders when numba is installed (it is in ``requirements.txt``); without it, on other devices, and
+for fields without a time volume, the PyTorch march runs. ``--render_compiled 0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import torch
+from torch import Tensor
+
+try:  # optional: the PyTorch march is the fallback
+    import numba
+except ImportError:  # pragma: no cover - numba is in requirements.txt
+    numba = None
+
+_LAUNCH = threading.Lock()  # numba's default thread pool takes one parallel launch at a time
+f32 = np.float32
+
+
+def usable(rays: Tensor, volume: Tensor) -> bool:
+    """Whether the compiled march can render these rays (float32 on the CPU) in this node volume (2 nodes or more
+    per axis), numba being installed."""
+    return (numba is not None and rays.device.type == "cpu" and rays.dtype == torch.float32
+            and volume.device.type == "cpu" and min(volume.shape) >= 2)
+
+
+def _njit(**options):
+    """numba's ``njit`` (compiled on first call, cached on disk); without numba, the plain function."""
+    return numba.njit(cache=True, **options) if numba is not None else (lambda fn: fn)
+
+
+@_njit(inline="always")
+def _bilinear(volume, z, y0, x0, fy, fx, gy, gx):
+    """Slice ``z`` of ``volume`` between nodes ``(y0, x0)`` and ``(y0 + 1, x0 + 1)``; ``f`` the fractions towards
+    the upper node, ``g = 1 - f``."""
+    return (gy * (gx * volume[z, y0, x0] + fx * volume[z, y0, x0 + 1])
+            + fy * (gx * volume[z, y0 + 1, x0] + fx * volume[z, y0 + 1, x0 + 1]))
+
+
+@_njit(inline="always")
+def _feature(volume, x, y, w):
+    """``grid_sample``'s trilinear lookup (``align_corners=True``) of a ``[Z, Y, X]`` volume at a box-normalized
+    point; the lower corner is clamped to the volume, so a point on (or rounded just past) its last node reads that
+    node."""
+    depth_z, size_y, size_x = volume.shape
+    ix = (x + f32(1.0)) / f32(2.0) * f32(size_x - 1)
+    iy = (y + f32(1.0)) / f32(2.0) * f32(size_y - 1)
+    iz = (w + f32(1.0)) / f32(2.0) * f32(depth_z - 1)
+    x0 = min(max(int(math.floor(ix)), 0), size_x - 2)
+    y0 = min(max(int(math.floor(iy)), 0), size_y - 2)
+    z0 = min(max(int(math.floor(iz)), 0), depth_z - 2)
+    fx, fy, fz = ix - f32(x0), iy - f32(y0), iz - f32(z0)
+    gx, gy, gz = f32(1.0) - fx, f32(1.0) - fy, f32(1.0) - fz
+    return gz * _bilinear(volume, z0, y0, x0, fy, fx, gy, gx) + fz * _bilinear(volume, z0 + 1, y0, x0, fy, fx, gy, gx)
+
+
+@_njit(inline="always")
+def _occupied(occupied, half, top, factor, x, y, w):
+    """:meth:`models.occupancy.OccupancyGrid.lookup_normalized` of one point."""
+    cx = int(min(max(half[0] + x * half[0], f32(0.0)), top[0]))
+    cy = int(min(max(half[1] + y * half[1], f32(0.0)), top[1]))
+    cz = int(min(max(half[2] + w * half[2], f32(0.0)), top[2]))
+    if factor[0] != 1 or factor[1] != 1 or factor[2] != 1:  # a pooled grid (an integer division costs)
+        cx, cy, cz = cx // factor[0], cy // factor[1], cz // factor[2]
+    return occupied[cz, cy, cx]
+
+
+@_njit(inline="always")
+def _anchor_weights(weights, i, last, thres, heavy, stride, anchors):
+    """:func:`models.compositing.shading_anchors` of ray ``i``, its weight split included: ``anchors[i, j]`` gets the
+    weight shaded sample ``j`` carries (its own, and its share of each weighted sample between it and the shaded
+    samples next to it); unshaded samples stay 0."""
+    previous = -1
+    for j in range(last + 1):
+        w = weights[i, j]
+        if not w > thres:
+            continue
+        if not (previous < 0 or j == last or j % stride == 0 or w > heavy):
+            continue
+        anchors[i, j] += w  # a shaded sample: first, last, on the stride, or heavy
+        if previous >= 0:  # the weighted samples since the previous shaded one, split between the two
+            span = f32(j - previous)
+            for k in range(previous + 1, j):
+                v = weights[i, k]
+                if v > thres:
+                    share = f32(k - previous) / span
+                    anchors[i, previous] += v * (f32(1.0) - share)
+                    anchors[i, j] += v * share
+        previous = j
+
+
+@_njit(parallel=True, nogil=True)
+def _march(origins, directions, box_origins, box_directions, z_vals, dists, aabb, volume, occupied, half, top,
+           factor, relu, shift, limit, segment, thres, heavy, stride, weights, anchors):
+    """Each ray's weights (and, with ``stride`` > 0, its shading anchors' weights), into ``weights`` and
+    ``anchors`` (``[n_rays, n_samples]``, zeros on entry); see :func:`march_weights`."""
+    n_rays, n_samples = weights.shape
+    shared = z_vals.shape[0] == 1  # NDC: one row of ray parameters for all rays
+    eps = f32(1e-10)
+    for i in numba.prange(n_rays):
+        transmittance = f32(1.0)
+        optical_depth = f32(0.0)
+        countdown = segment
+        last = -1  # the ray's last sample above the weight threshold
+        for j in range(n_samples):
+            z = z_vals[0, j] if shared else z_vals[i, j]
+            inside = True
+            for a in range(3):  # the dense sampler's box test, on the same float32 point
+                p = origins[i, a] + directions[i, a] * z
+                if p < aabb[0, a] or p > aabb[1, a]:
+                    inside = False
+            if inside:
+                x = box_origins[i, 0] + box_directions[i, 0] * z
+                y = box_origins[i, 1] + box_directions[i, 1] * z
+                w = box_origins[i, 2] + box_directions[i, 2] * z
+                if _occupied(occupied, half, top, factor, x, y, w):
+                    feature = _feature(volume, x, y, w)
+                    if relu:
+                        sigma = max(feature, f32(0.0))
+                    else:  # softplus, linear above 20 as torch's
+                        v = feature + shift
+                        sigma = v if v > f32(20.0) else f32(math.log1p(math.exp(v)))
+                    if sigma > 0:
+                        step = sigma * dists[i, j]
+                        alpha = f32(1.0) - f32(math.exp(-step))
+                        weight = alpha * transmittance
+                        weights[i, j] = weight
+                        if weight > thres:
+                            last = j
+                        transmittance = transmittance * (f32(1.0) - alpha + eps)
+                        optical_depth += step
+            countdown -= 1
+            if countdown == 0:  # the end of a segment: is the ray still seen?
+                if optical_depth >= limit:
+                    break
+                countdown = segment
+        if stride > 0 and last >= 0:
+            _anchor_weights(weights, i, last, thres, heavy, stride, anchors)
+
+
+def march_weights(steps, dists: Tensor, aabb: Tensor, volume: Tensor, grid, fea2dense: str, shift: float,
+                  early_stop: float, segment: int, anchors: tuple[float, float, int] | None = None
+                  ) -> tuple[Tensor, Tensor | None]:
+    """A render's compositing weights, as :meth:`models.sampling.OccupancySampler.march` followed by
+    :func:`models.compositing.alpha_weights` gives them, and its shading anchors.
+
+    Args:
+        steps: the render's :class:`models.sampling.RaySteps`.
+        dists: ``[n_rays, n_samples]`` spacing already multiplied by ``distance_scale``.
+        aabb: ``[2, 3]`` the field's box.
+        volume: ``[Z, Y, X]`` the time's node feature volume (:class:`models.occupancy.TimeVolume`); grid: its
+            occupancy grid.
+        fea2dense: ``relu`` or ``softplus``; shift: the density shift (softplus).
+        early_stop: transmittance below which a ray stops, checked every ``segment`` samples; 0: never.
+        anchors: ``(weight threshold, heavy weight, stride)`` of :func:`models.compositing.shading_anchors`, to have
+            the anchors' weights too; None: weights only.
+
+    Returns:
+        ``weights [n_rays, n_samples]``, and ``anchor_weights [n_rays, n_samples]`` (None without ``anchors``): the
+        weight each shaded sample carries once the weights of the samples between shaded ones are split between
+        them, 0 at samples not shaded.
+    """
+    box = steps.normalized(aabb)
+
+    def host(t: Tensor, dtype=torch.float32) -> np.ndarray:
+        return t.detach().to(dtype).contiguous().numpy()
+
+    n_rays, n_samples = dists.shape
+    weights = np.zeros((n_rays, n_samples), dtype=np.float32)
+    thres, heavy, stride = anchors if anchors is not None else (0.0, 0.0, 0)
+    anchor_weights = np.zeros((n_rays, n_samples) if stride > 0 else (1, 1), dtype=np.float32)
+    limit = -math.log(early_stop) if early_stop > 0 else math.inf
+    with _LAUNCH:
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        _march(host(steps.origins), host(steps.directions), host(box.origins), host(box.directions),
+               host(steps.z_vals), host(dists), host(aabb), host(volume), host(grid.occupied, torch.bool),
+               host(grid._half), host(grid._top_f), np.asarray(grid.factor, dtype=np.int64), fea2dense == "relu",
+               f32(shift), float(limit), int(segment), f32(thres), f32(heavy), int(stride), weights,
+               anchor_weights)
+    return torch.from_numpy(weights), torch.from_numpy(anchor_weights) if stride > 0 else None
