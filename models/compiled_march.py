@@ -1,4 +1,4 @@
-"""A fast render's ray march as one compiled CPU loop (numba), for renders that use a time volume.
+"""A fast render's ray march, and its appearance lookups, as compiled CPU loops (numba).
 
 :meth:`models.sampling.OccupancySampler.march` walks the rays with PyTorch operators, a segment of samples at a
 time: each step makes whole ``[rays, segment]`` arrays (points, box test, cells, lookups, scatter), and most of a
@@ -9,6 +9,10 @@ transmittance is below the threshold, with nothing stored but the weights. The a
 march (the same float32 points, the grid and volume indexing of ``grid_sample`` with ``align_corners=True``, the
 same segments for the early stop), so both give the same weights up to float rounding
 (``tests/test_models_rendering.py``).
+
+The shaded samples' appearance features (VM fields) are looked up the same way (:class:`TimeAppearance`): the
+plane and line channels live at the frame's time, kept channels-last for the frame, and one loop per point over
+the three plane x line products, the basis matrix and the shading MLP staying in PyTorch.
 
 Used for CPU renders when numba is installed (it is in ``requirements.txt``); without it, on other devices, and
 for fields without a time volume, the PyTorch march runs. ``--render_compiled 0`` turns it off.
@@ -22,6 +26,8 @@ import threading
 import numpy as np
 import torch
 from torch import Tensor
+
+from .occupancy import factors_version
 
 try:  # optional: the PyTorch march is the fallback
     import numba
@@ -37,6 +43,16 @@ def usable(rays: Tensor, volume: Tensor) -> bool:
     per axis), numba being installed."""
     return (numba is not None and rays.device.type == "cpu" and rays.dtype == torch.float32
             and volume.device.type == "cpu" and min(volume.shape) >= 2)
+
+
+def _host(t: Tensor, dtype=torch.float32) -> np.ndarray:
+    """A CPU tensor as a contiguous numpy array of ``dtype`` (no copy when it already is one)."""
+    return t.detach().to(dtype).contiguous().numpy()
+
+
+def _set_threads() -> None:
+    """numba's threads: torch's CPU thread count (a process limited to 1 thread stays at 1)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
 def _njit(**options):
@@ -176,20 +192,84 @@ def march_weights(steps, dists: Tensor, aabb: Tensor, volume: Tensor, grid, fea2
         them, 0 at samples not shaded.
     """
     box = steps.normalized(aabb)
-
-    def host(t: Tensor, dtype=torch.float32) -> np.ndarray:
-        return t.detach().to(dtype).contiguous().numpy()
-
+    host = _host
     n_rays, n_samples = dists.shape
     weights = np.zeros((n_rays, n_samples), dtype=np.float32)
     thres, heavy, stride = anchors if anchors is not None else (0.0, 0.0, 0)
     anchor_weights = np.zeros((n_rays, n_samples) if stride > 0 else (1, 1), dtype=np.float32)
     limit = -math.log(early_stop) if early_stop > 0 else math.inf
     with _LAUNCH:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        _set_threads()
         _march(host(steps.origins), host(steps.directions), host(box.origins), host(box.directions),
                host(steps.z_vals), host(dists), host(aabb), host(volume), host(grid.occupied, torch.bool),
                host(grid._half), host(grid._top_f), np.asarray(grid.factor, dtype=np.int64), fea2dense == "relu",
                f32(shift), float(limit), int(segment), f32(thres), f32(heavy), int(stride), weights,
                anchor_weights)
     return torch.from_numpy(weights), torch.from_numpy(anchor_weights) if stride > 0 else None
+
+
+@_njit(inline="always")
+def _pair(plane, line, u, v, w, out, n, offset):
+    """Channels ``offset ..`` of ``out[n]``: ``plane [res_v, res_u, C]`` at ``(u, v)`` (bilinear) times ``line
+    [res_w, C]`` at ``w`` (linear), as ``grid_sample`` with ``align_corners=True`` reads them."""
+    size_v, size_u, channels = plane.shape
+    iu = (u + f32(1.0)) / f32(2.0) * f32(size_u - 1)
+    iv = (v + f32(1.0)) / f32(2.0) * f32(size_v - 1)
+    iw = (w + f32(1.0)) / f32(2.0) * f32(line.shape[0] - 1)
+    u0 = min(max(int(math.floor(iu)), 0), size_u - 2)
+    v0 = min(max(int(math.floor(iv)), 0), size_v - 2)
+    w0 = min(max(int(math.floor(iw)), 0), line.shape[0] - 2)
+    fu, fv, fw = iu - f32(u0), iv - f32(v0), iw - f32(w0)
+    gu, gv, gw = f32(1.0) - fu, f32(1.0) - fv, f32(1.0) - fw
+    for c in range(channels):
+        bilinear = (gv * (gu * plane[v0, u0, c] + fu * plane[v0, u0 + 1, c])
+                    + fv * (gu * plane[v0 + 1, u0, c] + fu * plane[v0 + 1, u0 + 1, c]))
+        out[n, offset + c] = bilinear * (gw * line[w0, c] + fw * line[w0 + 1, c])
+
+
+@_njit(parallel=True, nogil=True)
+def _vm_products(points, plane0, plane1, plane2, line0, line1, line2, out):
+    """The VM field's plane x line products at box-normalized ``points [N, 3]`` into ``out [N, C0 + C1 + C2]``
+    (pair 0: plane (x, y), line z; pair 1: plane (x, z), line y; pair 2: plane (y, z), line x)."""
+    c0, c1 = plane0.shape[2], plane1.shape[2]
+    for n in numba.prange(points.shape[0]):
+        x, y, z = points[n, 0], points[n, 1], points[n, 2]
+        _pair(plane0, line0, x, y, z, out, n, 0)
+        _pair(plane1, line1, x, z, y, out, n, c0)
+        _pair(plane2, line2, y, z, x, out, n, c0 + c1)
+
+
+class TimeAppearance:
+    """A VM field's appearance factors at one time, channels last, for compiled lookups of appearance features.
+
+    Rebuilt when the time or the field's appearance factors change (:func:`models.occupancy.factors_version`); the
+    basis matrix is applied by the field's own module at each lookup.
+    """
+
+    def __init__(self):
+        self._key: tuple | None = None
+        self._factors: list[np.ndarray] = []
+
+    @staticmethod
+    def usable(field, points: Tensor) -> bool:
+        """Whether the compiled lookup applies: numba, a VM field (``live_factors``) of 2 nodes or more per axis,
+        float32 points on the CPU."""
+        return (numba is not None and hasattr(field, "live_factors") and points.device.type == "cpu"
+                and points.dtype == torch.float32 and min(field.gridSize) >= 2)
+
+    def features(self, field, points: Tensor, t: float) -> Tensor:
+        """``field.app_features(points, t)`` (up to float rounding): ``[N, app_dim]`` at box-normalized points
+        ``[N, 3]``."""
+        key = (float(t), factors_version(field, "app"))
+        if key != self._key:
+            self._factors = []  # the previous time's are freed first
+            with torch.no_grad():
+                planes, lines = field.live_factors("app", float(t))
+                self._factors = ([_host(p[0].permute(1, 2, 0)) for p in planes]
+                                 + [_host(v[0, :, :, 0].T) for v in lines])
+            self._key = key
+        out = np.empty((points.shape[0], sum(p.shape[2] for p in self._factors[:3])), dtype=np.float32)
+        with _LAUNCH:
+            _set_threads()
+            _vm_products(_host(points), *self._factors, out)
+        return field.basis_mat(torch.from_numpy(out))

@@ -295,22 +295,27 @@ class StreamTensorVMSplit(StreamTensorBase):
             lines.append(nn.Parameter(scale * torch.randn(1, stream.stored, self.gridSize[VEC_MODE[i]], 1)))
         return nn.ParameterList(planes), nn.ParameterList(lines)
 
-    def _products(self, xyz: Tensor, t: float, planes, lines, streams) -> list[Tensor]:
+    def live_factors(self, kind: str, t: float) -> tuple[list[Tensor], list[Tensor]]:
+        """The three planes ``[1, C, res_b, res_a]`` and lines ``[1, C, res, 1]`` of ``kind`` (``density`` or
+        ``app``) with the channels live at time ``t`` (pair ``i``: plane axes ``MAT_MODE[i]``, line axis
+        ``VEC_MODE[i]``)."""
+        streams = self.density_streams if kind == "density" else self.app_streams
+        return ([s.select(p, t) for s, p in zip(streams, self.planes(kind))],
+                [s.select(v, t) for s, v in zip(streams, self.lines(kind))])
+
+    def _products(self, xyz: Tensor, t: float, kind: str) -> list[Tensor]:
+        planes, lines = self.live_factors(kind, t)
         out = []
-        for i, stream in enumerate(streams):
+        for i in range(3):
             a, b = MAT_MODE[i]
-            plane = _sample_plane(stream.select(planes[i], t), xyz[:, [a, b]])
-            line = _sample_line(stream.select(lines[i], t), xyz[:, VEC_MODE[i]])
-            out.append(plane * line)
+            out.append(_sample_plane(planes[i], xyz[:, [a, b]]) * _sample_line(lines[i], xyz[:, VEC_MODE[i]]))
         return out
 
     def density_feature(self, xyz: Tensor, t: float) -> Tensor:
-        products = self._products(xyz, t, self.density_plane, self.density_line, self.density_streams)
-        return sum(p.sum(0) for p in products)
+        return sum(p.sum(0) for p in self._products(xyz, t, "density"))
 
     def app_features(self, xyz: Tensor, t: float) -> Tensor:
-        products = self._products(xyz, t, self.app_plane, self.app_line, self.app_streams)
-        return self.basis_mat(torch.cat(products).T)
+        return self.basis_mat(torch.cat(self._products(xyz, t, "app")).T)
 
     def node_density_feature(self, times: Sequence[float], z_start: int = 0, z_stop: int | None = None) -> Tensor:
         z = slice(z_start, self.gridSize[2] if z_stop is None else z_stop)

@@ -279,11 +279,12 @@ class FeatureVolumes:
         return torch.cat(values).to(xyz.dtype)
 
 
-def factors_version(field) -> tuple:
-    """Identifies the state of ``field``'s density: the field, its grid size, the in-place version counters of its
-    density factors (an upsampling or a loaded state dict changes them) and its count of optimizer steps (a fused
-    optimizer step changes the values without counting a version: :class:`models.fitting.Trainer` counts it)."""
-    factors = field.planes("density") + field.lines("density")
+def factors_version(field, kind: str = "density") -> tuple:
+    """Identifies the state of ``field``'s density (or appearance, ``kind`` ``app``): the field, its grid size, the
+    in-place version counters of those factors (an upsampling or a loaded state dict changes them) and its count of
+    optimizer steps (a fused optimizer step changes the values without counting a version:
+    :class:`models.fitting.Trainer` counts it)."""
+    factors = field.planes(kind) + field.lines(kind)
     return (id(field), tuple(int(v) for v in field.gridSize), tuple(p._version for p in factors),
             getattr(field, "optimizer_steps", 0))
 

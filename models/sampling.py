@@ -279,6 +279,7 @@ class OccupancySampler:
         self.grid: OccupancyGrid | None = None
         self._built_version: tuple | None = None  # factors_version of the field the grid was built from
         self.time_volume = TimeVolume(render_volume_mib, self.alpha_thres, self.max_cells)
+        self.appearance = compiled_march.TimeAppearance()
 
     def color_stride(self, field) -> int:
         """Samples between colour evaluations in ``field``'s renders (``color_voxels`` in sampling steps)."""
@@ -317,6 +318,13 @@ class OccupancySampler:
             return Marched(steps, weights, anchor_weights)
         steps, sigma = self.march(field, rays_o, rays_d, n_samples, t, segment)
         return Marched(steps, alpha_weights(sigma, steps.dists * field.distance_scale)[1])
+
+    def app_features(self, field, points: Tensor, t: float) -> Tensor:
+        """A render's appearance features at box-normalized ``points [N, 3]``: ``field.app_features``, or the same
+        from the compiled lookup (CPU renders of VM fields, :class:`models.compiled_march.TimeAppearance`)."""
+        if self.compiled and self.appearance.usable(field, points):
+            return self.appearance.features(field, points, t)
+        return field.app_features(points, t)
 
     def march(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, t: float,
               segment: int = EARLY_STOP_SEGMENT) -> tuple[RaySteps, Tensor]:

@@ -9,7 +9,16 @@ import torch
 
 from dataloader import load_scene
 from dataloader.cameras import unproject_depth
-from models import FitSettings, Trainer, build_model, build_sampler, field_from_args, render_image, render_rays
+from models import (
+    FitSettings,
+    Trainer,
+    build_model,
+    build_sampler,
+    field_from_args,
+    render_image,
+    render_rays,
+    rendering,
+)
 from models.compositing import HEAVY_WEIGHT, alpha_weights, shading_anchors
 from models.config import parse_args
 from models.occupancy import OccupancyGrid, TimeVolume, feature_threshold, probe_times
@@ -161,6 +170,34 @@ def test_compiled_march_is_the_pytorch_march(act, ndc, ld, max_cells):
             renders = [render_rays(field, sampler, rays_o, rays_d, 0.4, n_samples=48) for sampler in (compiled, plain)]
         for key in ("rgb", "depth", "acc"):
             assert torch.allclose(renders[0][key], renders[1][key], atol=1e-5), key
+
+
+@pytest.mark.parametrize("ld", [0.5, 2])
+def test_compiled_appearance_is_the_fields(ld, monkeypatch):
+    """CPU renders of VM fields look the appearance features up in compiled code, from the factors live at the
+    frame's time (kept for that time): the field's own features at any time (between rows of the stream table
+    too), following the field when it changes; and renders shaded a block of points at a time are the same."""
+    field = tiny(ld=ld)
+    sampler = build_sampler("fast", True)
+    g = torch.Generator().manual_seed(5)
+    points = torch.rand(3000, 3, generator=g) * 2 - 1
+    with torch.no_grad():
+        for t in (0.0, 0.1, 0.5, 0.93, 1.0, 0.1):
+            assert torch.allclose(sampler.app_features(field, points, t), field.app_features(points, t), atol=1e-6)
+        for plane in field.app_plane:
+            plane.mul_(-2)  # an in-place change: the version counters move
+        assert torch.allclose(sampler.app_features(field, points, 0.1), field.app_features(points, 0.1), atol=1e-6)
+        for line in field.app_line:
+            line.data.add_(0.5)  # as a fused optimizer step changes them: counted by the trainer only
+        field.optimizer_steps = getattr(field, "optimizer_steps", 0) + 1
+        assert torch.allclose(sampler.app_features(field, points, 0.1), field.app_features(points, 0.1), atol=1e-6)
+        rays_o, rays_d = rays(200)
+        whole = render_rays(field, sampler, rays_o, rays_d, 0.4, n_samples=48)
+        monkeypatch.setattr(rendering, "SHADE_BLOCK", 7)
+        blocks = render_rays(field, sampler, rays_o, rays_d, 0.4, n_samples=48)
+    assert torch.allclose(whole["rgb"], blocks["rgb"], atol=1e-6)
+    cp = tiny("StreamTensorCP")  # other fields keep their own lookups
+    assert not sampler.appearance.usable(cp, points) and sampler.appearance.usable(field, points)
 
 
 def test_compiled_march_only_where_it_applies():
