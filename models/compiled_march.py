@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .fields import MAT_MODE, VEC_MODE
 from .occupancy import factors_version
 
 try:  # optional: the PyTorch march is the fallback
@@ -246,16 +247,20 @@ class TimeAppearance:
     basis matrix is applied by the field's own module at each lookup.
     """
 
-    def __init__(self):
+    def __init__(self, budget_mib: float = 512):
+        self.budget_mib = float(budget_mib)
         self._key: tuple | None = None
         self._factors: list[np.ndarray] = []
 
-    @staticmethod
-    def usable(field, points: Tensor) -> bool:
-        """Whether the compiled lookup applies: numba, a VM field (``live_factors``) of 2 nodes or more per axis,
-        float32 points on the CPU."""
-        return (numba is not None and hasattr(field, "live_factors") and points.device.type == "cpu"
-                and points.dtype == torch.float32 and min(field.gridSize) >= 2)
+    def usable(self, field, points: Tensor) -> bool:
+        """Whether the compiled lookup applies: numba, a VM field (``live_factors``) of 2 nodes or more per axis
+        whose live appearance factors fit in the budget, float32 points on the CPU."""
+        if not (numba is not None and hasattr(field, "live_factors") and points.device.type == "cpu"
+                and points.dtype == torch.float32 and min(field.gridSize) >= 2):
+            return False
+        res = field.gridSize
+        values = sum(n * (res[a] * res[b] + res[v]) for n, (a, b), v in zip(field.app_n_comp, MAT_MODE, VEC_MODE))
+        return values * 4 / 2**20 <= self.budget_mib
 
     def features(self, field, points: Tensor, t: float) -> Tensor:
         """``field.app_features(points, t)`` (up to float rounding): ``[N, app_dim]`` at box-normalized points

@@ -254,7 +254,8 @@ class OccupancySampler:
             opaque at every time; they carry at most this much of a ray's weight together); 0 turns it off.
         render_volume_mib: renders (``train=False``, one time) use a :class:`models.occupancy.TimeVolume` of the
             frame's time when the field's node volume fits in this many MiB: the occupancy grid of that time and the
-            density looked up in one volume; 0 turns it off (the all-times grid and the field's own lookups).
+            density looked up in one volume; 0 turns it off (the all-times grid and the field's own lookups). The
+            compiled appearance lookups of CPU renders keep that time's appearance factors within the same budget.
         color_voxels: renders evaluate colour about every this many grid cells along a ray's weighted run (every
             ``round(color_voxels / step_ratio)`` samples, and at the run's first and last), and interpolate it
             linearly in between (:func:`models.compositing.shading_anchors`); 0: at every weighted sample, as dense
@@ -279,7 +280,7 @@ class OccupancySampler:
         self.grid: OccupancyGrid | None = None
         self._built_version: tuple | None = None  # factors_version of the field the grid was built from
         self.time_volume = TimeVolume(render_volume_mib, self.alpha_thres, self.max_cells)
-        self.appearance = compiled_march.TimeAppearance()
+        self.appearance = compiled_march.TimeAppearance(render_volume_mib)
 
     def color_stride(self, field) -> int:
         """Samples between colour evaluations in ``field``'s renders (``color_voxels`` in sampling steps)."""

@@ -56,7 +56,8 @@ class FitSettings:
         "below this; 0: off")
     occupancy_render_mib: float = setting(
         512.0, "fast sampling: renders of one frame use the density volume of that time at the grid nodes (exact) "
-        "and its occupancy grid when it fits in this many MiB; 0: off")
+        "and its occupancy grid when it fits in this many MiB (CPU renders: that time's appearance factors too); "
+        "0: off")
     render_color_voxels: float = setting(
         2.0, "fast sampling, renders: evaluate colour about every this many grid cells along a ray (every "
         "round(this / step_ratio) samples of its weighted run, and at the run's ends) and interpolate it in between; "

@@ -209,6 +209,9 @@ def test_compiled_march_only_where_it_applies():
         assert build_sampler("fast", True).march_weights(field, rays_o, rays_d, 48, 0.3, 4).anchor_weights is not None
         for sampler in (build_sampler("fast", True, render_volume_mib=0), build_sampler("fast", True, compiled=False)):
             assert sampler.march_weights(field, rays_o, rays_d, 48, 0.3, 4).anchor_weights is None
+        points = torch.zeros(5, 3)
+        for budget_mib, fits in ((0, False), (0.001, False), (0.01, True)):  # its live factors: 2.1 KiB
+            assert build_sampler("fast", True, render_volume_mib=budget_mib).appearance.usable(field, points) == fits
         wide = build_sampler("fast", True).march_weights(field.double(), rays_o.double(), rays_d.double(), 48, 0.3, 4)
         assert wide.anchor_weights is None and wide.weights.dtype == torch.float64
     args = parse_args(TINY + ["--render_compiled", "0"])
