@@ -278,3 +278,20 @@ class TimeAppearance:
             _set_threads()
             _vm_products(_host(points), *self._factors, out)
         return field.basis_mat(torch.from_numpy(out))
+
+
+def warm_up() -> None:
+    """Compile both loops now (or load them from numba's disk cache): a few seconds, once per installation, that
+    otherwise fall on the first render of each process started before the cache exists."""
+    if numba is None:
+        return
+    volume = np.zeros((2, 2, 2), dtype=np.float32)
+    rays, steps = np.zeros((1, 3), dtype=np.float32), np.zeros((1, 2), dtype=np.float32)
+    box = np.array([[-1, -1, -1], [1, 1, 1]], dtype=np.float32)
+    half, top = np.full(3, 0.5, dtype=np.float32), np.zeros(3, dtype=np.float32)
+    with _LAUNCH:
+        _march(rays, rays, rays, rays, steps, steps, box, volume, np.ones((1, 1, 1), dtype=np.bool_), half, top,
+               np.ones(3, dtype=np.int64), True, f32(0.0), math.inf, 64, f32(1e-4), f32(0.03), 4, np.zeros_like(steps),
+               np.zeros_like(steps))
+        plane, line = np.zeros((2, 2, 1), dtype=np.float32), np.zeros((2, 1), dtype=np.float32)
+        _vm_products(rays, plane, plane, plane, line, line, line, np.zeros((1, 3), dtype=np.float32))

@@ -24,6 +24,17 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+# --- compiled render loops (models.compiled_march) -----------------------------------------------------------
+@pytest.fixture(scope="session", autouse=True)
+def compiled_loops():
+    """Compile the CPU render loops once per session (numba keeps them on disk), so the programs tests start load
+    them instead of compiling in each one, inside the tests' time limits."""
+    from models.compiled_march import warm_up
+
+    warm_up()
+# --- end compiled render loops --------------------------------------------------------------------------------
+
+
 # --- synthetic scenes (dataloader) --------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def synthetic_scene_dir(tmp_path_factory) -> Path:
