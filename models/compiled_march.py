@@ -8,7 +8,7 @@ trilinear lookup of the time's node volume, the density, the compositing weight,
 transmittance is below the threshold, with nothing stored but the weights. The arithmetic is that of the PyTorch
 march (the same float32 points, the grid and volume indexing of ``grid_sample`` with ``align_corners=True``, the
 same segments for the early stop), so both give the same weights up to float rounding
-(``tests/test_models_rendering.py``).
+(``tests/test_models_occupancy.py``).
 
 The shaded samples' appearance features (VM fields) are looked up the same way (:class:`TimeAppearance`): the
 plane and line channels live at the frame's time, kept channels-last for the frame, and one loop per point over
@@ -58,7 +58,16 @@ def _set_threads() -> None:
 
 def _njit(**options):
     """numba's ``njit`` (compiled on first call, cached on disk); without numba, the plain function."""
-    return numba.njit(cache=True, **options) if numba is not None else (lambda fn: fn)
+
+    def decorate(fn):
+        if numba is None:
+            return fn
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:  # no writable folder for numba's cache: compiled again by each process
+            return numba.njit(**options)(fn)
+
+    return decorate
 
 
 @_njit(inline="always")
@@ -139,7 +148,7 @@ def _march(origins, directions, box_origins, box_directions, z_vals, dists, aabb
             inside = True
             for a in range(3):  # the dense sampler's box test, on the same float32 point
                 p = origins[i, a] + directions[i, a] * z
-                if p < aabb[0, a] or p > aabb[1, a]:
+                if not (aabb[0, a] <= p <= aabb[1, a]):  # NaN is outside
                     inside = False
             if inside:
                 x = box_origins[i, 0] + box_directions[i, 0] * z
@@ -264,10 +273,11 @@ class TimeAppearance:
 
     def features(self, field, points: Tensor, t: float) -> Tensor:
         """``field.app_features(points, t)`` (up to float rounding): ``[N, app_dim]`` at box-normalized points
-        ``[N, 3]``."""
+        ``[N, 3]`` inside the box (a render's shaded samples; beyond ``[-1, 1]`` this extends the edge cells where
+        ``grid_sample`` reads zeros)."""
         key = (float(t), factors_version(field, "app"))
         if key != self._key:
-            self._factors = []  # the previous time's are freed first
+            self._key, self._factors = None, []  # the previous time's are freed first
             with torch.no_grad():
                 planes, lines = field.live_factors("app", float(t))
                 self._factors = ([_host(p[0].permute(1, 2, 0)) for p in planes]

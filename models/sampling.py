@@ -321,8 +321,9 @@ class OccupancySampler:
         return Marched(steps, alpha_weights(sigma, steps.dists * field.distance_scale)[1])
 
     def app_features(self, field, points: Tensor, t: float) -> Tensor:
-        """A render's appearance features at box-normalized ``points [N, 3]``: ``field.app_features``, or the same
-        from the compiled lookup (CPU renders of VM fields, :class:`models.compiled_march.TimeAppearance`)."""
+        """A render's appearance features at box-normalized ``points [N, 3]`` inside the box: ``field.app_features``,
+        or the same from the compiled lookup (CPU renders of VM fields, :class:`models.compiled_march.TimeAppearance`).
+        """
         if self.compiled and self.appearance.usable(field, points):
             return self.appearance.features(field, points, t)
         return field.app_features(points, t)

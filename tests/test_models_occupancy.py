@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +27,7 @@ from models.config import parse_args
 from models.occupancy import OccupancyGrid, TimeVolume, feature_threshold, probe_times
 from models.sampling import OccupancySampler
 
+ROOT = Path(__file__).resolve().parents[1]
 BOX = torch.tensor([[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]])
 TINY = ["--ndc_ray", "1", "--N_voxel_init", str(16**3), "--N_voxel_final", str(24**3), "--upsamp_list", "60",
         "--n_lamb_sigma", "4", "--n_lamb_sigma", "2", "--n_lamb_sigma", "2", "--n_lamb_sh", "8", "--n_lamb_sh", "4",
@@ -198,6 +202,37 @@ def test_compiled_appearance_is_the_fields(ld, monkeypatch):
     assert torch.allclose(whole["rgb"], blocks["rgb"], atol=1e-6)
     cp = tiny("StreamTensorCP")  # other fields keep their own lookups
     assert not sampler.appearance.usable(cp, points) and sampler.appearance.usable(field, points)
+
+
+def test_compiled_march_takes_a_nan_ray_as_outside():
+    """A ray with a NaN coordinate has no sample inside the box (its indices would read anywhere); the other rays
+    are marched as the PyTorch march does."""
+    field = tiny()
+    rays_o, rays_d = rays()
+    rays_o[0, 0] = math.nan
+    with torch.no_grad():
+        marched = build_sampler("fast", True).march_weights(field, rays_o, rays_d, 48, 0.3, 4)
+        plain = build_sampler("fast", True, compiled=False).march_weights(field, rays_o[1:], rays_d[1:], 48, 0.3)
+    assert marched.anchor_weights is not None and marched.weights[0].abs().sum() == 0
+    assert torch.allclose(marched.weights[1:], plain.weights, atol=1e-6, rtol=0)
+
+
+def test_models_load_where_numba_cannot_cache():
+    """With no writable folder for numba's cache (a read-only install and home), the loops compile in the process
+    instead of failing the import."""
+    code = """
+import numba.core.caching as caching
+def refuse(self):
+    raise OSError("read-only")
+for name in ("InTreeCacheLocator", "UserWideCacheLocator", "UserProvidedCacheLocator"):
+    getattr(caching, name).ensure_cache_path = refuse
+import models.sampling
+from models import compiled_march
+assert compiled_march.numba is not None and type(compiled_march._march._cache).__name__ == "NullCache"
+print("loaded")
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-2000:]
 
 
 def test_compiled_march_only_where_it_applies():
