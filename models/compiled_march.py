@@ -79,18 +79,21 @@ def _bilinear(volume, z, y0, x0, fy, fx, gy, gx):
 
 
 @_njit(inline="always")
+def _corner(coord, size):
+    """Lower node and fraction towards the next one of box-normalized ``coord`` on an axis of ``size`` nodes, as
+    ``grid_sample`` with ``align_corners=True`` places it; the lower node is clamped to ``[0, size - 2]``, so a point
+    on (or rounded just past) the last node reads that node."""
+    position = (coord + f32(1.0)) / f32(2.0) * f32(size - 1)
+    node = min(max(int(math.floor(position)), 0), size - 2)
+    return node, position - f32(node)
+
+
+@_njit(inline="always")
 def _feature(volume, x, y, w):
-    """``grid_sample``'s trilinear lookup (``align_corners=True``) of a ``[Z, Y, X]`` volume at a box-normalized
-    point; the lower corner is clamped to the volume, so a point on (or rounded just past) its last node reads that
-    node."""
-    depth_z, size_y, size_x = volume.shape
-    ix = (x + f32(1.0)) / f32(2.0) * f32(size_x - 1)
-    iy = (y + f32(1.0)) / f32(2.0) * f32(size_y - 1)
-    iz = (w + f32(1.0)) / f32(2.0) * f32(depth_z - 1)
-    x0 = min(max(int(math.floor(ix)), 0), size_x - 2)
-    y0 = min(max(int(math.floor(iy)), 0), size_y - 2)
-    z0 = min(max(int(math.floor(iz)), 0), depth_z - 2)
-    fx, fy, fz = ix - f32(x0), iy - f32(y0), iz - f32(z0)
+    """``grid_sample``'s trilinear lookup of a ``[Z, Y, X]`` volume at a box-normalized point."""
+    z0, fz = _corner(w, volume.shape[0])
+    y0, fy = _corner(y, volume.shape[1])
+    x0, fx = _corner(x, volume.shape[2])
     gx, gy, gz = f32(1.0) - fx, f32(1.0) - fy, f32(1.0) - fz
     return gz * _bilinear(volume, z0, y0, x0, fy, fx, gy, gx) + fz * _bilinear(volume, z0 + 1, y0, x0, fy, fx, gy, gx)
 
@@ -222,16 +225,11 @@ def march_weights(steps, dists: Tensor, aabb: Tensor, volume: Tensor, grid, fea2
 def _pair(plane, line, u, v, w, out, n, offset):
     """Channels ``offset ..`` of ``out[n]``: ``plane [res_v, res_u, C]`` at ``(u, v)`` (bilinear) times ``line
     [res_w, C]`` at ``w`` (linear), as ``grid_sample`` with ``align_corners=True`` reads them."""
-    size_v, size_u, channels = plane.shape
-    iu = (u + f32(1.0)) / f32(2.0) * f32(size_u - 1)
-    iv = (v + f32(1.0)) / f32(2.0) * f32(size_v - 1)
-    iw = (w + f32(1.0)) / f32(2.0) * f32(line.shape[0] - 1)
-    u0 = min(max(int(math.floor(iu)), 0), size_u - 2)
-    v0 = min(max(int(math.floor(iv)), 0), size_v - 2)
-    w0 = min(max(int(math.floor(iw)), 0), line.shape[0] - 2)
-    fu, fv, fw = iu - f32(u0), iv - f32(v0), iw - f32(w0)
+    v0, fv = _corner(v, plane.shape[0])
+    u0, fu = _corner(u, plane.shape[1])
+    w0, fw = _corner(w, line.shape[0])
     gu, gv, gw = f32(1.0) - fu, f32(1.0) - fv, f32(1.0) - fw
-    for c in range(channels):
+    for c in range(plane.shape[2]):
         bilinear = (gv * (gu * plane[v0, u0, c] + fu * plane[v0, u0 + 1, c])
                     + fv * (gu * plane[v0 + 1, u0, c] + fu * plane[v0 + 1, u0 + 1, c]))
         out[n, offset + c] = bilinear * (gw * line[w0, c] + fw * line[w0 + 1, c])
