@@ -260,8 +260,9 @@ class OccupancySampler:
             ``round(color_voxels / step_ratio)`` samples, and at the run's first and last), and interpolate it
             linearly in between (:func:`models.compositing.shading_anchors`); 0: at every weighted sample, as dense
             mode does.
-        compiled: CPU renders with a time volume march in one compiled loop (:mod:`models.compiled_march`) when
-            numba is installed; False: always the PyTorch march (:meth:`march`).
+        compiled: CPU renders with a time volume march in one compiled loop, and CPU renders of VM fields look
+            their appearance up in another (:mod:`models.compiled_march`), when numba is installed; False: always
+            the PyTorch march (:meth:`march`) and the field's own lookups.
     """
 
     def __init__(self, ndc: bool, *, alpha_thres: float = 1e-4, max_cells: int = 256, dilation: int = 0,

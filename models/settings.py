@@ -63,8 +63,8 @@ class FitSettings:
         "round(this / step_ratio) samples of its weighted run, and at the run's ends) and interpolate it in between; "
         "0: at every sample, as dense renders do")
     render_compiled: bool = setting(
-        True, "fast sampling, CPU renders: march the rays in one compiled loop (numba; the same weights as the "
-        "PyTorch march up to float rounding); 0: PyTorch operators")
+        True, "fast sampling, CPU renders: march the rays and look up the appearance in compiled loops (numba; the "
+        "same results as the PyTorch operators up to float rounding); 0: PyTorch operators")
     importance_fine: float = setting(
         0.05, "fast sampling, NDC: fit each batch at this share of the dense sample count, drawn where a coarse pass "
         "puts the weight (0: fit at the dense positions)")
