@@ -4,7 +4,9 @@
 frame's node volume, only in cells of that time's occupancy grid, each ray stopped once its transmittance is below
 the threshold (early ray termination), and colour evaluated about every ``--color_voxels`` grid cells along a ray
 and interpolated in between (one fast row per value; 0 is exact). A depth-only row is what the editor's depth renders
-cost. Prints seconds per frame of each, the time-volume build, and the PSNR against dense (goal: at least 45 dB).
+cost. On the CPU, fast renders march and look up appearance in compiled loops (models/compiled_march.py); two more
+rows give the default and depth-only renders with the PyTorch operators (``--render_compiled 0``). Prints seconds
+per frame of each, the time-volume build, and the PSNR against dense (goal: at least 45 dB).
 
     python benchmarks/bench_render.py --ckpt log/synthetic/train_demo --datadir data/synthetic/demo
     python benchmarks/bench_render.py --ckpt log/neural_3d/train_coffee_300_4 --datadir data/neural_3d/coffee_martini \\
@@ -42,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--color_voxels", type=float, nargs="+", default=[0, 2, 4],
                         help="fast renders' colour spacing in grid cells, one row each (--render_color_voxels)")
+    parser.add_argument("--pytorch_rows", type=int, default=1,
+                        help="1: also the default and depth-only fast renders with --render_compiled 0 (the PyTorch "
+                             "march and lookups; on the CPU, where the compiled loops run)")
     opts = parser.parse_args(argv)
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -80,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
         sampler = build_sampler("fast", scene.ndc, color_voxels=voxels)
         rows.append((f"fast, colour every {voxels:g} cells ({sampler.color_stride(field)} samples)", sampler, True))
     rows.append(("fast, depth only", build_sampler("fast", scene.ndc), False))
+    if opts.pytorch_rows and not str(opts.device).startswith("cuda"):
+        rows.append(("fast, default, PyTorch operators (`--render_compiled 0`)",
+                     build_sampler("fast", scene.ndc, compiled=False), True))
+        rows.append(("fast, depth only, PyTorch operators", build_sampler("fast", scene.ndc, compiled=False), False))
     for name, sampler, color in rows:
         outs, seconds = render_all(sampler, color)
         depth = max((a["depth"] - b["depth"]).abs().max().item() for a, b in zip(outs, reference))
