@@ -246,7 +246,7 @@ class FeatureVolumes:
     def __init__(self, num_times: int, budget_mib: float):
         self.num_times, self.budget_mib = max(1, int(num_times)), float(budget_mib)
         self._volumes: dict[float, Tensor] = {}
-        self._built_for: tuple[int, tuple[int, ...]] | None = None
+        self._built_for: tuple | None = None
 
     def usable(self, field) -> bool:
         """Whether the volumes of ``field`` at every time fit in the budget (and the field has no alpha mask)."""
@@ -258,7 +258,7 @@ class FeatureVolumes:
 
     def volume(self, field, t: float) -> Tensor:
         """``[1, 1, Z, Y, X]`` node feature volume of ``field`` at time ``t``."""
-        key = (id(field), tuple(int(v) for v in field.gridSize))
+        key = (field_identity(field), tuple(int(v) for v in field.gridSize))
         if key != self._built_for:
             self._volumes.clear()
             self._built_for = key
@@ -279,13 +279,25 @@ class FeatureVolumes:
         return torch.cat(values).to(xyz.dtype)
 
 
+_FIELD_SERIALS = itertools.count()
+
+
+def field_identity(field) -> tuple[int, int]:
+    """Tells field objects apart for the caches built from them: ``id`` (a copy has its own) and a serial number
+    given on first use (``id`` alone is reused by a field made after another was freed, often at the same size)."""
+    serial = field.__dict__.get("_cache_serial")
+    if serial is None:
+        serial = field.__dict__["_cache_serial"] = next(_FIELD_SERIALS)
+    return id(field), serial
+
+
 def factors_version(field, kind: str = "density") -> tuple:
     """Identifies the state of ``field``'s density (or appearance, ``kind`` ``app``): the field, its grid size, the
     in-place version counters of those factors (an upsampling or a loaded state dict changes them) and its count of
     optimizer steps (a fused optimizer step changes the values without counting a version:
     :class:`models.fitting.Trainer` counts it)."""
     factors = field.planes(kind) + field.lines(kind)
-    return (id(field), tuple(int(v) for v in field.gridSize), tuple(p._version for p in factors),
+    return (field_identity(field), tuple(int(v) for v in field.gridSize), tuple(p._version for p in factors),
             getattr(field, "optimizer_steps", 0))
 
 

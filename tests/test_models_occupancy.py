@@ -18,6 +18,7 @@ from models import (
     build_model,
     build_sampler,
     field_from_args,
+    occupancy,
     render_image,
     render_rays,
     rendering,
@@ -202,6 +203,26 @@ def test_compiled_appearance_is_the_fields(ld, monkeypatch):
     assert torch.allclose(whole["rgb"], blocks["rgb"], atol=1e-6)
     cp = tiny("StreamTensorCP")  # other fields keep their own lookups
     assert not sampler.appearance.usable(cp, points) and sampler.appearance.usable(field, points)
+
+
+def test_render_caches_tell_a_new_field_at_a_freed_fields_address_apart(monkeypatch):
+    """A field made after another was freed often gets its ``id`` (here every field does); with the same grid and
+    untouched version counters, the sampler's time volume, grid and appearance factors must still be rebuilt for
+    the new field."""
+    monkeypatch.setattr(occupancy, "id", lambda obj: 12345, raising=False)
+    sampler = build_sampler("fast", True)
+    rays_o, rays_d = rays()
+    with torch.no_grad():
+        first = render_rays(tiny(), sampler, rays_o, rays_d, 0.3, n_samples=48)
+        assert first["acc"].max() > 0
+        field = tiny()
+        for plane in field.density_plane:  # .data leaves the version counters as they were
+            plane.data.zero_()  # no density anywhere
+        for plane in field.app_plane:
+            plane.data.mul_(-1)  # another appearance
+        assert render_rays(field, sampler, rays_o, rays_d, 0.3, n_samples=48)["acc"].max() == 0
+        points = torch.rand(50, 3) * 2 - 1
+        assert torch.allclose(sampler.app_features(field, points, 0.3), field.app_features(points, 0.3), atol=1e-6)
 
 
 def test_compiled_march_takes_a_nan_ray_as_outside():
