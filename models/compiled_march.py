@@ -205,7 +205,6 @@ def march_weights(steps, dists: Tensor, aabb: Tensor, volume: Tensor, grid, fea2
         them, 0 at samples not shaded.
     """
     box = steps.normalized(aabb)
-    host = _host
     n_rays, n_samples = dists.shape
     weights = np.zeros((n_rays, n_samples), dtype=np.float32)
     thres, heavy, stride = anchors if anchors is not None else (0.0, 0.0, 0)
@@ -213,9 +212,9 @@ def march_weights(steps, dists: Tensor, aabb: Tensor, volume: Tensor, grid, fea2
     limit = -math.log(early_stop) if early_stop > 0 else math.inf
     with _LAUNCH:
         _set_threads()
-        _march(host(steps.origins), host(steps.directions), host(box.origins), host(box.directions),
-               host(steps.z_vals), host(dists), host(aabb), host(volume), host(grid.occupied, torch.bool),
-               host(grid._half), host(grid._top_f), np.asarray(grid.factor, dtype=np.int64), fea2dense == "relu",
+        _march(_host(steps.origins), _host(steps.directions), _host(box.origins), _host(box.directions),
+               _host(steps.z_vals), _host(dists), _host(aabb), _host(volume), _host(grid.occupied, torch.bool),
+               _host(grid._half), _host(grid._top_f), np.asarray(grid.factor, dtype=np.int64), fea2dense == "relu",
                f32(shift), float(limit), int(segment), f32(thres), f32(heavy), int(stride), weights,
                anchor_weights)
     return torch.from_numpy(weights), torch.from_numpy(anchor_weights) if stride > 0 else None
