@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .fields import FrameTimes
+
 if TYPE_CHECKING:
     from .sampling import RaySamples
 
@@ -111,13 +113,17 @@ def per_frame(fn: Callable[[Tensor, float], Tensor], xyz: Tensor, mask: Tensor, 
     """``fn(points, time)`` at the ``mask``-ed samples, in the order of ``xyz[mask]``.
 
     Args:
-        fn: a field lookup (``field.density``, ``field.app_features``) of ``[N, 3]`` points at one time.
+        fn: a field lookup (``field.density``, ``field.app_features``) of ``[N, 3]`` points at one time, or (CPU
+            tensors) at the frames of a :class:`models.fields.FrameTimes`.
         xyz: ``[n_rays, n_samples, 3]`` box-normalized samples; mask: ``[n_rays, n_samples]`` bool.
         t: one time for all rays, or one per frame block of rays (see the module docstring).
     """
     if not isinstance(t, Sequence):
         return fn(xyz[mask], t)
     size, times = frame_blocks(xyz.shape[0], t)
+    if xyz.device.type == "cpu":  # one lookup at all frames (counting the points per frame waits for nothing here)
+        counts = mask.reshape(len(times), -1).sum(1).tolist()
+        return fn(xyz[mask], FrameTimes(tuple(times), tuple(counts)))
     return torch.cat([fn(x[m], time) for x, m, time in zip(xyz.split(size), mask.split(size), times)])
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +32,21 @@ MAT_MODE = ((0, 1), (0, 2), (1, 2))  # plane axes (a, b); the plane tensor is [1
 VEC_MODE = (2, 1, 0)  # line axis paired with each plane
 RELEASE_ONLY_KWARGS = ("deform_field", "portion_decoder", "virtual_cannonical", "share_portion_embeddings",
                        "portion_weight", "device")
+
+
+class FrameTimes(NamedTuple):
+    """Times of a lookup's points at several frames: the first ``counts[0]`` points at ``times[0]``, and so on (a
+    training batch's frames in one lookup)."""
+
+    times: tuple[float, ...]
+    counts: tuple[int, ...]
+
+
+def each_frame(lookup: Callable[[Tensor, float], Tensor], xyz: Tensor, t: float | FrameTimes, dim: int = 0) -> Tensor:
+    """``lookup(xyz, t)``; for :class:`FrameTimes`, one lookup per frame, concatenated along ``dim``."""
+    if not isinstance(t, FrameTimes):
+        return lookup(xyz, t)
+    return torch.cat([lookup(x, time) for x, time in zip(xyz.split(list(t.counts)), t.times)], dim=dim)
 
 
 class FieldError(UserError, ValueError):
@@ -151,12 +167,14 @@ class StreamTensorBase(nn.Module):
     def init_factors(self) -> None:
         raise NotImplementedError
 
-    def density_feature(self, xyz: Tensor, t: float) -> Tensor:
-        """Raw density feature ``[N]`` at normalized points ``xyz [N, 3]`` at time ``t``."""
+    def density_feature(self, xyz: Tensor, t: float | FrameTimes) -> Tensor:
+        """Raw density feature ``[N]`` at normalized points ``xyz [N, 3]`` at time ``t`` (or at the frames'
+        times of :class:`FrameTimes`)."""
         raise NotImplementedError
 
-    def app_features(self, xyz: Tensor, t: float) -> Tensor:
-        """Appearance features ``[N, app_dim]`` at normalized points ``xyz [N, 3]`` at time ``t``."""
+    def app_features(self, xyz: Tensor, t: float | FrameTimes) -> Tensor:
+        """Appearance features ``[N, app_dim]`` at normalized points ``xyz [N, 3]`` at time ``t`` (or at the
+        frames' times of :class:`FrameTimes`)."""
         raise NotImplementedError
 
     #: kinds of factor multiplied in the density feature (VM: plane and line; CP: the x, y and z lines)
@@ -196,8 +214,8 @@ class StreamTensorBase(nn.Module):
         """Box-space points ``[..., 3]`` to [-1, 1] inside the box."""
         return (xyz - self.aabb[0]) * (2.0 / (self.aabb[1] - self.aabb[0])) - 1
 
-    def density(self, xyz: Tensor, t: float) -> Tensor:
-        """Density ``sigma [N]`` at normalized points ``xyz [N, 3]`` at time ``t``."""
+    def density(self, xyz: Tensor, t: float | FrameTimes) -> Tensor:
+        """Density ``sigma [N]`` at normalized points ``xyz [N, 3]`` at time ``t`` (or :class:`FrameTimes`)."""
         return self.activate_density(self.density_feature(xyz, t))
 
     def activate_density(self, feature: Tensor) -> Tensor:
@@ -303,7 +321,21 @@ class StreamTensorVMSplit(StreamTensorBase):
         return ([s.select(p, t) for s, p in zip(streams, self.planes(kind))],
                 [s.select(v, t) for s, v in zip(streams, self.lines(kind))])
 
-    def _products(self, xyz: Tensor, t: float, kind: str) -> list[Tensor]:
+    def _products(self, xyz: Tensor, t: float | FrameTimes, kind: str) -> list[Tensor]:
+        """The three pairs' plane x line products ``[C_i, N]`` (compiled loops for CPU fits:
+        :mod:`models.compiled_field`)."""
+        from . import compiled_field  # (it imports this module)
+
+        if compiled_field.usable(self, xyz):
+            times = t if isinstance(t, FrameTimes) else FrameTimes((float(t),), (xyz.shape[0],))
+            products = compiled_field.vm_products(self, kind, xyz, times.times, times.counts)
+            return list(products.split(self.density_n_comp if kind == "density" else self.app_n_comp))
+        if isinstance(t, FrameTimes):
+            per_frame = [self._time_products(x, time, kind) for x, time in zip(xyz.split(list(t.counts)), t.times)]
+            return [torch.cat(parts, dim=1) for parts in zip(*per_frame)]
+        return self._time_products(xyz, t, kind)
+
+    def _time_products(self, xyz: Tensor, t: float, kind: str) -> list[Tensor]:
         planes, lines = self.live_factors(kind, t)
         out = []
         for i in range(3):
@@ -311,10 +343,10 @@ class StreamTensorVMSplit(StreamTensorBase):
             out.append(_sample_plane(planes[i], xyz[:, [a, b]]) * _sample_line(lines[i], xyz[:, VEC_MODE[i]]))
         return out
 
-    def density_feature(self, xyz: Tensor, t: float) -> Tensor:
+    def density_feature(self, xyz: Tensor, t: float | FrameTimes) -> Tensor:
         return sum(p.sum(0) for p in self._products(xyz, t, "density"))
 
-    def app_features(self, xyz: Tensor, t: float) -> Tensor:
+    def app_features(self, xyz: Tensor, t: float | FrameTimes) -> Tensor:
         return self.basis_mat(torch.cat(self._products(xyz, t, "app")).T)
 
     def node_density_feature(self, times: Sequence[float], z_start: int = 0, z_stop: int | None = None) -> Tensor:
@@ -368,11 +400,13 @@ class StreamTensorCP(StreamTensorBase):
             out = out * _sample_line(stream.select(lines[i], t), xyz[:, VEC_MODE[i]])
         return out
 
-    def density_feature(self, xyz: Tensor, t: float) -> Tensor:
-        return self._product(xyz, t, self.density_line, self.density_stream).sum(0)
+    def density_feature(self, xyz: Tensor, t: float | FrameTimes) -> Tensor:
+        return each_frame(lambda x, time: self._product(x, time, self.density_line, self.density_stream), xyz, t,
+                          dim=1).sum(0)
 
-    def app_features(self, xyz: Tensor, t: float) -> Tensor:
-        return self.basis_mat(self._product(xyz, t, self.app_line, self.app_stream).T)
+    def app_features(self, xyz: Tensor, t: float | FrameTimes) -> Tensor:
+        return self.basis_mat(each_frame(lambda x, time: self._product(x, time, self.app_line, self.app_stream),
+                                         xyz, t, dim=1).T)
 
     factor_kinds = 3
 

@@ -191,10 +191,15 @@ class Trainer:
         rays = [scene.rays(b.frame, b.cams, b.ys, b.xs)[:2] for b in batches]
         target = torch.cat([scene.rgb(b.frame, b.cams, b.ys, b.xs) for b in batches]).to(self.device)
         times = [float(scene.times[b.frame]) for b in batches]
-        # one render of all frames' rays (grouped by frame in equal blocks: the field is queried frame by frame)
-        out = render_rays(field_, ray_sampler, torch.cat([o for o, _ in rays]).to(self.device),
-                          torch.cat([d for _, d in rays]).to(self.device), times[0] if len(times) == 1 else times,
-                          n_samples=self.n_samples, train=True, white_bg=white_bg, generator=self.generator)
+        # one render of all frames' rays (grouped by frame in equal blocks); the field's lookups in compiled loops
+        # during the step only (renders keep the PyTorch operators: the dense reference)
+        field_.compiled_lookups = s.fit_compiled
+        try:
+            out = render_rays(field_, ray_sampler, torch.cat([o for o, _ in rays]).to(self.device),
+                              torch.cat([d for _, d in rays]).to(self.device), times[0] if len(times) == 1 else times,
+                              n_samples=self.n_samples, train=True, white_bg=white_bg, generator=self.generator)
+        finally:
+            field_.compiled_lookups = False
         mse = F.mse_loss(out["rgb"], target)
         total = mse
         stats = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -132,6 +133,7 @@ class ChannelStream:
                 f"int(1 / ld_per_frame) frames outruns ceil((num_frames - 1) * ld_per_frame)); use 1 / k "
                 "(1, 0.5, 0.25, 0.2, 0.1, ...), 0, or a whole number above 1 in the config")
         self._index_cache: dict[tuple[int, torch.device], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self._mix_cache: dict[float, tuple[np.ndarray, np.ndarray]] = {}
 
     def _channels(self, groups: list[int]) -> list[int]:
         """Stored channel indices of ``groups`` (each group ``g`` is channels ``g·m .. g·m + m - 1``)."""
@@ -171,6 +173,27 @@ class ChannelStream:
             feat = stored.index_select(1, both)
             feat = torch.cat([feat[:, :m] * right + feat[:, m:2 * m] * left, feat[:, 2 * m:]], dim=1)
         return feat.index_select(1, perm)
+
+    def mix(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`select` at time ``t`` as stored channel indices and weights: live channel ``k`` is ``weights[k, 0]``
+        x stored channel ``source[k, 0]`` + ``weights[k, 1]`` x ``source[k, 1]`` (the second weight 0 unless ``k`` is
+        a blend of an entering and a leaving channel).
+
+        Returns:
+            ``source [n_comp, 2]`` int64, ``weights [n_comp, 2]`` float32 (made once per time).
+        """
+        key = float(t)
+        if key not in self._mix_cache:
+            # select applied to the identity: row k holds the weights of live channel k over the stored channels
+            table = self.select(torch.eye(self.stored).view(1, self.stored, self.stored, 1), key)[0, :, :, 0].numpy()
+            source = np.zeros((table.shape[0], 2), dtype=np.int64)
+            weights = np.zeros((table.shape[0], 2), dtype=np.float32)
+            for k, row in enumerate(table):
+                used = np.flatnonzero(row)
+                source[k] = used[0], used[-1]
+                weights[k, :len(used)] = row[used]
+            self._mix_cache[key] = source, weights
+        return self._mix_cache[key]
 
     def reachable(self) -> set[int]:
         """Stored channel indices used at some time (for checks: every stored channel should be)."""

@@ -24,15 +24,16 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-# --- compiled render loops (models.compiled_march) -----------------------------------------------------------
+# --- compiled loops (models.compiled_march, models.compiled_field) ------------------------------------------
 @pytest.fixture(scope="session", autouse=True)
 def compiled_loops():
-    """Compile the CPU render loops once per session (numba keeps them on disk), so the programs tests start load
-    them instead of compiling in each one, inside the tests' time limits."""
-    from models.compiled_march import warm_up
+    """Compile the CPU render and fitting loops once per session (numba keeps them on disk), so the programs tests
+    start load them instead of compiling in each one, inside the tests' time limits."""
+    from models import compiled_field, compiled_march
 
-    warm_up()
-# --- end compiled render loops --------------------------------------------------------------------------------
+    compiled_march.warm_up()
+    compiled_field.warm_up()
+# --- end compiled loops ----------------------------------------------------------------------------------------
 
 
 # --- synthetic scenes (dataloader) --------------------------------------------------------------------------

@@ -126,3 +126,88 @@ def test_render_rays_shapes_and_gradients():
     assert out["rgb"].shape == (7, 3) and out["depth"].shape == (7,) and out["acc"].shape == (7,)
     out["rgb"].sum().backward()
     assert field.density_plane[0].grad is not None and field.app_plane[0].grad is not None
+
+
+# --- compiled lookups of CPU fits (models/compiled_field.py) ---------------------------------------------------
+def _random_vm(num_frames: int, ld_per_frame: float, reso=(17, 13, 11), seed=0):
+    from models.fields import StreamTensorVMSplit
+
+    torch.manual_seed(seed)
+    field = StreamTensorVMSplit(torch.tensor([[-1.0, -1, -1], [1, 1, 1]]), list(reso), density_n_comp=[8, 4, 4],
+                                appearance_n_comp=[8, 4, 4], app_dim=5, shadingMode="MLP", num_frames=num_frames,
+                                ld_per_frame=ld_per_frame)
+    with torch.no_grad():
+        for p in field.parameters():
+            p.normal_()
+    return field
+
+
+def _lookups_and_gradients(field, xyz, t, compiled: bool):
+    field.compiled_lookups = compiled
+    field.zero_grad(set_to_none=True)
+    density, app = field.density_feature(xyz, t), field.app_features(xyz, t)
+    weights = torch.linspace(-1, 1, xyz.shape[0])
+    ((density * weights).sum() + (app * app).sum()).backward()
+    grads = {name: p.grad.clone() for name, p in field.named_parameters() if p.grad is not None}
+    field.compiled_lookups = False
+    return density.detach(), app.detach(), grads
+
+
+@pytest.mark.parametrize("num_frames, ld_per_frame", [(16, 0.5), (5, 1), (3, 0), (9, 2), (11, 0.25)])
+def test_compiled_lookups_and_gradients_equal_pytorch(num_frames, ld_per_frame):
+    """Several frames in one lookup (times between table rows blend an entering channel; grouped and unstreamed
+    fields), points on and beyond the box's faces (zeros outside, as grid_sample): the same features and factor
+    gradients as the PyTorch operators up to float rounding."""
+    from models.fields import FrameTimes
+
+    field = _random_vm(num_frames, ld_per_frame)
+    times = (0.0, 0.13, 0.37, 0.5, 0.81, 1.0)
+    counts = (40, 0, 75, 33, 60, 52)
+    xyz = torch.rand(sum(counts), 3) * 2.2 - 1.1
+    xyz[:4] = torch.tensor([[1.0, 1, 1], [-1, -1, -1], [1.0000001, 0, 0], [-1.05, 0.5, 0.3]])
+    t = FrameTimes(times, counts)
+    reference = _lookups_and_gradients(field, xyz, t, compiled=False)
+    compiled = _lookups_and_gradients(field, xyz, t, compiled=True)
+    assert torch.allclose(compiled[0], reference[0], atol=1e-5) and torch.allclose(compiled[1], reference[1], atol=1e-5)
+    assert compiled[2].keys() == reference[2].keys() and len(reference[2]) == 13  # 12 factors and the basis
+    for name, grad in reference[2].items():
+        assert torch.allclose(compiled[2][name], grad, rtol=1e-5, atol=1e-5 * grad.abs().max().item()), name
+    # one time: the same as a FrameTimes of one frame
+    single = _lookups_and_gradients(field, xyz, 0.37, compiled=True)
+    assert torch.allclose(single[0], _lookups_and_gradients(field, xyz, 0.37, compiled=False)[0], atol=1e-5)
+
+
+def test_frame_times_lookups_equal_one_lookup_per_frame():
+    """A lookup at several frames equals one lookup per frame, concatenated (PyTorch operators, VM and CP)."""
+    from models.fields import FrameTimes, StreamTensorCP
+
+    torch.manual_seed(1)
+    cp = StreamTensorCP(torch.tensor([[-1.0, -1, -1], [1, 1, 1]]), [9, 8, 7], density_n_comp=6, appearance_n_comp=6,
+                        app_dim=4, shadingMode="MLP", num_frames=4, ld_per_frame=0.5)
+    for field in (_random_vm(4, 0.5), cp):
+        xyz = torch.rand(30, 3) * 2 - 1
+        t = FrameTimes((0.0, 0.4, 1.0), (10, 12, 8))
+        for lookup in (field.density_feature, field.app_features):
+            expected = torch.cat([lookup(xyz[:10], 0.0), lookup(xyz[10:22], 0.4), lookup(xyz[22:], 1.0)])
+            assert torch.equal(lookup(xyz, t), expected)
+
+
+def test_compiled_volume_lookup_equals_grid_sample():
+    """The coarse pass's lookups in the node volumes: grid_sample's values, zeros beyond the box, NaN points 0."""
+    import torch.nn.functional as F
+
+    from models import compiled_field
+
+    torch.manual_seed(2)
+    volume = torch.randn(6, 5, 7)
+    xyz = torch.rand(3, 50, 3) * 2.4 - 1.2
+    xyz[0, :3] = torch.tensor([[1.0, 1, 1], [-1, -1, -1], [0.999, -0.999, 1.2]])
+    expected = F.grid_sample(volume[None, None], xyz.view(1, -1, 1, 1, 3), align_corners=True).view(3, 50)
+    got = compiled_field.volume_lookup(volume, xyz)
+    assert got.shape == (3, 50) and torch.allclose(got, expected, atol=1e-6)
+    xyz[1, 0] = float("nan")
+    assert compiled_field.volume_lookup(volume, xyz)[1, 0] == 0
+    # not for what needs gradients or another dtype (the caller then uses grid_sample)
+    assert compiled_field.volume_lookup(volume.double(), xyz.double()) is None
+    assert compiled_field.volume_lookup(volume.requires_grad_(), xyz) is None
+# --- end compiled lookups --------------------------------------------------------------------------------------

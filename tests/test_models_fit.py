@@ -96,3 +96,31 @@ def test_distortion_loss_gathers_the_weight(scene):
                               n_samples=trainer.n_samples, train=True, generator=torch.Generator().manual_seed(0))
         spread[weight] = distortion(out["weights"], out["z_vals"]).mean().item()
     assert spread[0.05] < 0.7 * spread[0.0], spread
+
+
+def test_compiled_fit_follows_the_pytorch_fit(scene, monkeypatch):
+    """``--fit_compiled 1`` (the default) fits with the compiled lookups, batches of several frames in one lookup
+    (fast sampling), and follows the PyTorch operators' fit up to float rounding; renders after a step use the
+    PyTorch operators again (the dense reference)."""
+    from models import compiled_field
+
+    calls = []
+    original = compiled_field.vm_products
+    monkeypatch.setattr(compiled_field, "vm_products", lambda *a: calls.append(a[3]) or original(*a))
+    fields = {}
+    for compiled in ("1", "0"):
+        args = parse_args(TINY + ["--datadir", str(scene.datadir), "--sampling", "fast", "--occupancy_warmup", "5",
+                                  "--fit_compiled", compiled])
+        torch.manual_seed(0)
+        trainer = Trainer(field_from_args(args, scene), scene, FitSettings.from_args(args))
+        losses = [trainer.step()["mse"] for _ in range(12)]
+        fields[compiled] = trainer.field, losses
+        assert trainer.field.compiled_lookups is False
+        if compiled == "1":
+            assert calls and all(len(times) == trainer.settings.batch_frames for times in calls)
+            calls.clear()
+    assert not calls  # --fit_compiled 0: the PyTorch operators
+    (compiled_field_, compiled_losses), (torch_field, torch_losses) = fields["1"], fields["0"]
+    assert compiled_losses == pytest.approx(torch_losses, rel=1e-3)
+    for (name, a), b in zip(compiled_field_.state_dict().items(), torch_field.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-3), name
