@@ -193,7 +193,7 @@ def march_weights(steps, dists: Tensor, aabb: Tensor, volume: Tensor, grid, fea2
         dists: ``[n_rays, n_samples]`` spacing already multiplied by ``distance_scale``.
         aabb: ``[2, 3]`` the field's box.
         volume: ``[Z, Y, X]`` the time's node feature volume (:class:`models.occupancy.TimeVolume`); grid: its
-            occupancy grid.
+            occupancy grid (None: every sample in the box is looked at, as the importance sampler's coarse pass).
         fea2dense: ``relu`` or ``softplus``; shift: the density shift (softplus).
         early_stop: transmittance below which a ray stops, checked every ``segment`` samples; 0: never.
         anchors: ``(weight threshold, heavy weight, stride)`` of :func:`models.compositing.shading_anchors`, to have
@@ -206,6 +206,12 @@ def march_weights(steps, dists: Tensor, aabb: Tensor, volume: Tensor, grid, fea2
     """
     box = steps.normalized(aabb)
     n_rays, n_samples = dists.shape
+    if grid is None:  # every cell occupied: one cell, which every point falls in
+        occupied, half, top = np.ones((1, 1, 1), dtype=np.bool_), np.full(3, 0.5, dtype=np.float32), np.zeros(3, f32)
+        factor = np.ones(3, dtype=np.int64)
+    else:
+        occupied, half, top = _host(grid.occupied, torch.bool), _host(grid._half), _host(grid._top_f)
+        factor = np.asarray(grid.factor, dtype=np.int64)
     weights = np.zeros((n_rays, n_samples), dtype=np.float32)
     thres, heavy, stride = anchors if anchors is not None else (0.0, 0.0, 0)
     anchor_weights = np.zeros((n_rays, n_samples) if stride > 0 else (1, 1), dtype=np.float32)
@@ -213,8 +219,8 @@ def march_weights(steps, dists: Tensor, aabb: Tensor, volume: Tensor, grid, fea2
     with _LAUNCH:
         _set_threads()
         _march(_host(steps.origins), _host(steps.directions), _host(box.origins), _host(box.directions),
-               _host(steps.z_vals), _host(dists), _host(aabb), _host(volume), _host(grid.occupied, torch.bool),
-               _host(grid._half), _host(grid._top_f), np.asarray(grid.factor, dtype=np.int64), fea2dense == "relu",
+               _host(steps.z_vals), _host(dists), _host(aabb), _host(volume), occupied, half, top, factor,
+               fea2dense == "relu",
                f32(shift), float(limit), int(segment), f32(thres), f32(heavy), int(stride), weights,
                anchor_weights)
     return torch.from_numpy(weights), torch.from_numpy(anchor_weights) if stride > 0 else None

@@ -89,7 +89,7 @@ class Trainer:
                 self.volumes = FeatureVolumes(scene.num_frames, settings.importance_volumes_mib)
                 self.importance = {"coarse_ratio": settings.importance_coarse, "fine_ratio": settings.importance_fine,
                                    "uniform_mix": settings.importance_uniform, "min_fine": settings.importance_min_fine,
-                                   "volumes": self.volumes}
+                                   "volumes": self.volumes, "compiled": settings.fit_compiled}
             else:
                 log.info("importance sampling is for NDC scenes only: fitting with the occupancy grid alone")
         self.pixel_sampler: UniformSampler | None = None

@@ -28,7 +28,7 @@ from torch import Tensor
 from common.errors import UserError
 
 from . import compiled_march
-from .compositing import HEAVY_WEIGHT, Times, alpha_weights, sample_weights
+from .compositing import HEAVY_WEIGHT, Times, alpha_weights, frame_blocks, sample_weights
 from .occupancy import FeatureVolumes, OccupancyGrid, TimeVolume, factors_version
 
 EARLY_STOP_SEGMENT = 64  # samples per step of a render's ray march (OccupancySampler.march)
@@ -448,10 +448,13 @@ class ImportanceSampler:
             the dense positions (the volumes hold about zero density in empty cells) and their density is looked up
             in the volumes. None, or volumes not :meth:`~FeatureVolumes.usable` for the field: the field is
             evaluated at ``coarse``'s samples.
+        compiled: with volumes, float32 CPU rays are marched through them in a compiled loop
+            (:func:`models.compiled_march.march_weights`); False: PyTorch operators.
     """
 
     def __init__(self, coarse: RaySampler, *, coarse_ratio: float = 0.25, fine_ratio: float = 0.05,
-                 uniform_mix: float = 0.3, min_fine: int = 16, volumes: FeatureVolumes | None = None):
+                 uniform_mix: float = 0.3, min_fine: int = 16, volumes: FeatureVolumes | None = None,
+                 compiled: bool = True):
         if not (0 < coarse_ratio <= 1 and 0 < fine_ratio <= 1 and 0 <= uniform_mix <= 1):
             raise SamplingError(f"importance sampling needs coarse_ratio and fine_ratio in (0, 1] and uniform_mix in "
                                 f"[0, 1] (--importance_coarse {coarse_ratio}, --importance_fine {fine_ratio}, "
@@ -461,6 +464,7 @@ class ImportanceSampler:
         self.coarse_ratio, self.fine_ratio, self.uniform_mix = coarse_ratio, fine_ratio, uniform_mix
         self.min_fine = int(min_fine)
         self.volumes = volumes
+        self.compiled = compiled
 
     def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
                  generator: torch.Generator | None = None, t: float = 0.0) -> RaySamples:
@@ -472,10 +476,9 @@ class ImportanceSampler:
         n_fine = min(n_samples, max(2, self.min_fine, round(n_samples * self.fine_ratio)))
         with torch.no_grad():
             if self.volumes is not None and self.volumes.usable(field):
-                coarse = getattr(self.coarse, "dense", self.coarse)(field, rays_o, rays_d, n_coarse, train, generator)
-                feature = self.volumes.feature(field, field.normalize_coord(coarse.xyz), t)
-                sigma = field.activate_density(feature) * coarse.valid
-                weights = alpha_weights(sigma, coarse.dists * field.distance_scale)[1]
+                steps = getattr(self.coarse, "dense", self.coarse).steps(field, rays_o, rays_d, n_coarse, train,
+                                                                         generator)
+                coarse, weights = steps, self._volume_weights(field, steps, t)
             else:
                 coarse = self.coarse(field, rays_o, rays_d, n_coarse, train, generator, t=t)
                 weights = sample_weights(field, coarse, field.normalize_coord(coarse.xyz), t)
@@ -487,6 +490,28 @@ class ImportanceSampler:
         norm = torch.linalg.norm(rays_d, dim=-1, keepdim=True)
         return RaySamples(xyz=xyz, z_vals=z_vals, dists=(following - z_vals) * norm, viewdirs=rays_d / norm,
                           valid=inside_box(xyz, field.aabb))
+
+
+    def _volume_weights(self, field, steps: RaySteps, t: Times) -> Tensor:
+        """The coarse samples' compositing weights ``[n_rays, n_coarse]``, their density read in the frames' node
+        volumes: one compiled march per frame block for float32 CPU rays (:func:`models.compiled_march.march_weights`
+        without an occupancy grid nor early stop: the same weights up to float rounding), else PyTorch operators."""
+        dists = steps.dists * field.distance_scale
+        size, times = frame_blocks(steps.origins.shape[0], t)
+        volumes = [self.volumes.volume(field, time)[0, 0] for time in times]
+        if not (self.compiled and all(compiled_march.usable(steps.origins, v) for v in volumes)):
+            samples = steps.samples(field.aabb)
+            feature = self.volumes.feature(field, field.normalize_coord(samples.xyz), t)
+            return alpha_weights(field.activate_density(feature) * samples.valid, dists)[1]
+        blocks = []
+        for start, volume in zip(range(0, steps.origins.shape[0], size), volumes):
+            part = slice(start, start + size)
+            block = replace(steps, origins=steps.origins[part], directions=steps.directions[part],
+                            z_vals=steps.z_vals if steps.z_vals.shape[0] == 1 else steps.z_vals[part],
+                            dists=steps.dists[part], viewdirs=steps.viewdirs[part])
+            blocks.append(compiled_march.march_weights(block, dists[part], field.aabb, volume, None,
+                                                       field.fea2denseAct, field.density_shift, 0.0, 1)[0])
+        return torch.cat(blocks)
 
 
 SAMPLERS: dict[str, Callable[..., RaySampler]] = {"dense": DenseSampler, "fast": OccupancySampler}
