@@ -3,12 +3,13 @@
 ``StreamTensorVMSplit._products`` with PyTorch operators makes, per frame of a batch and per factor, a channel
 selection of the stored factor (``index_select``, a blend), a ``grid_sample`` and a product; backward makes a
 zero gradient of the whole stored factor per lookup, ``grid_sample``'s backward into it and an ``index_add_``.
-At a CPU fit's few thousand to few hundred thousand points per step those passes, not the arithmetic, are most of
-a step. Here one lookup of all the batch's frames computes the products in one compiled loop per factor pair, and
-its backward writes each stored channel's gradient once, in a loop that owns the channel (no two threads write
-the same memory): every channel of every pair with its planes' and lines' values read from the stored factors as
-``grid_sample`` reads them (``align_corners=True``, zeros outside the grid), the live channels of each frame's
-time and the blend of an entering channel exactly as :meth:`models.streaming.ChannelStream.select` picks them.
+At a CPU fit's few thousand to few hundred thousand points per step, those passes take about three times as long
+as the loops here (the lookups were about 40% of a fast fit's step). Here one lookup of all the batch's frames
+computes the products in one compiled loop per factor pair, and its backward writes each stored channel's gradient
+once, in a loop that owns the channel (no two threads write the same memory): every channel of every pair with
+its planes' and lines' values read from the stored factors as ``grid_sample`` reads them (``align_corners=True``,
+zeros outside the grid), the live channels of each frame's time and the blend of an entering channel exactly as
+:meth:`models.streaming.ChannelStream.select` picks them.
 
 The results equal the PyTorch operators' up to float rounding, values and gradients
 (``tests/test_models_fields.py``). Used for float32 points on the CPU that need no gradient themselves (the
@@ -30,11 +31,20 @@ f32 = np.float32
 
 
 def usable(field, xyz: Tensor) -> bool:
-    """Whether the compiled lookups apply: numba, float32 points on the CPU that need no gradient, factors of
-    float32 with 2 nodes or more per axis, and the field's ``compiled_lookups`` switch on."""
-    return (numba is not None and getattr(field, "compiled_lookups", False) and xyz.device.type == "cpu"
-            and xyz.dtype == torch.float32 and not xyz.requires_grad and min(field.gridSize) >= 2
-            and field.density_plane[0].dtype == torch.float32 and field.density_plane[0].device.type == "cpu")
+    """Whether the compiled lookups apply: numba, the field's ``compiled_lookups`` switch on, float32 points on the
+    CPU that need no gradient, and float32 CPU factors of the field's grid size (2 nodes or more per axis)."""
+    if not (numba is not None and getattr(field, "compiled_lookups", False) and xyz.device.type == "cpu"
+            and xyz.dtype == torch.float32 and not xyz.requires_grad and min(field.gridSize) >= 2):
+        return False
+    res = field.gridSize
+    for kind in ("density", "app"):
+        for i, (plane, line) in enumerate(zip(field.planes(kind), field.lines(kind))):
+            a, b = MAT_MODE[i]
+            if not all(f.device.type == "cpu" and f.dtype == torch.float32 for f in (plane, line)):
+                return False
+            if tuple(plane.shape[-2:]) != (res[b], res[a]) or tuple(line.shape[-2:]) != (res[VEC_MODE[i]], 1):
+                return False
+    return True
 
 
 @_njit(inline="always")
@@ -60,34 +70,6 @@ def _axes(points, res, index, lo, hi):
     for n in numba.prange(points.shape[0]):
         for a in range(3):
             index[n, a], lo[n, a], hi[n, a] = _axis(points[n, a], res[a])
-
-
-@_njit(parallel=True, nogil=True)
-def _trilinear(volume, points, out):
-    """``grid_sample``'s trilinear lookup (``align_corners=True``, zeros outside) of ``volume [Z, Y, X]`` at
-    box-normalized ``points [N, 3]`` into ``out [N]``."""
-    for n in numba.prange(points.shape[0]):
-        x, lx, hx = _axis(points[n, 0], volume.shape[2])
-        y, ly, hy = _axis(points[n, 1], volume.shape[1])
-        z, lz, hz = _axis(points[n, 2], volume.shape[0])
-        out[n] = (lz * (ly * (lx * volume[z, y, x] + hx * volume[z, y, x + 1])
-                        + hy * (lx * volume[z, y + 1, x] + hx * volume[z, y + 1, x + 1]))
-                  + hz * (ly * (lx * volume[z + 1, y, x] + hx * volume[z + 1, y, x + 1])
-                          + hy * (lx * volume[z + 1, y + 1, x] + hx * volume[z + 1, y + 1, x + 1])))
-
-
-def volume_lookup(volume: Tensor, xyz: Tensor) -> Tensor | None:
-    """:func:`models.occupancy.volume_lookup` (a node volume ``[Z, Y, X]`` at box-normalized points ``[..., 3]``) in
-    a compiled loop, for float32 CPU tensors of 2 nodes or more per axis; None when that does not apply."""
-    needs_grad = torch.is_grad_enabled() and (volume.requires_grad or xyz.requires_grad)
-    if (numba is None or needs_grad or volume.device.type != "cpu" or xyz.device.type != "cpu"
-            or volume.dtype != torch.float32 or xyz.dtype != torch.float32 or min(volume.shape) < 2):
-        return None
-    out = np.empty(xyz.shape[:-1], dtype=np.float32)
-    with _LAUNCH:
-        _set_threads()
-        _trilinear(_host(volume), _host(xyz.reshape(-1, 3)), out.reshape(-1))
-    return torch.from_numpy(out)
 
 
 @_njit(inline="always")
@@ -193,11 +175,13 @@ class _Products(torch.autograd.Function):
                               out[row:row + pair.live])
                 row += pair.live
         ctx.lookup = (index, lo, hi, starts, pairs)
-        ctx.shapes = [f.shape for f in factors]
+        ctx.save_for_backward(*factors)
         return torch.from_numpy(out)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
+        factors = ctx.saved_tensors  # (autograd checks that no factor was changed in place since the forward)
         index, lo, hi, starts, pairs = ctx.lookup
         grad = _host(grad)
         grads_plane, grads_line, row = [], [], 0
@@ -210,7 +194,7 @@ class _Products(torch.autograd.Function):
                 grads_plane.append(torch.from_numpy(grad_plane))
                 grads_line.append(torch.from_numpy(grad_line))
                 row += pair.live
-        grads = [g.view(shape) for g, shape in zip(grads_plane + grads_line, ctx.shapes)]
+        grads = [g.view(f.shape) for g, f in zip(grads_plane + grads_line, factors)]
         return (None, None, None, None, *grads)
 
 
@@ -222,6 +206,8 @@ def vm_products(field, kind: str, xyz: Tensor, times: tuple[float, ...], counts:
         kind: ``density`` or ``app``.
         xyz: ``[N, 3]`` box-normalized points, the first ``counts[0]`` at ``times[0]``, and so on.
     """
+    if len(times) != len(counts) or sum(counts) != xyz.shape[0]:  # (the loops do not check their indices)
+        raise ValueError(f"{len(times)} times with point counts {list(counts)} do not describe {xyz.shape[0]} points")
     streams = field.density_streams if kind == "density" else field.app_streams
     planes, lines = field.planes(kind), field.lines(kind)
     pairs = [_Pair(planes[i], lines[i], (*MAT_MODE[i], VEC_MODE[i]), streams[i], times) for i in range(3)]
@@ -243,7 +229,6 @@ def warm_up() -> None:
     uses, use_starts = np.zeros((1, 3), dtype=np.int64), np.array([0, 1], dtype=np.int64)
     with _LAUNCH:
         _axes(points, np.full(3, 2, dtype=np.int64), index, lo, hi)
-        _trilinear(np.zeros((2, 2, 2), dtype=np.float32), points, np.zeros(1, dtype=np.float32))
         _pair_forward(plane, line, 0, 1, 2, index, lo, hi, starts, source, mix, out)
         _pair_backward(plane, line, 0, 1, 2, index, lo, hi, starts, source, mix, uses, use_starts, out,
                        np.zeros_like(plane), np.zeros_like(line))

@@ -193,13 +193,13 @@ class Trainer:
         times = [float(scene.times[b.frame]) for b in batches]
         # one render of all frames' rays (grouped by frame in equal blocks); the field's lookups in compiled loops
         # during the step only (renders keep the PyTorch operators: the dense reference)
-        field_.compiled_lookups = s.fit_compiled
+        before, field_.compiled_lookups = getattr(field_, "compiled_lookups", False), bool(s.fit_compiled)
         try:
             out = render_rays(field_, ray_sampler, torch.cat([o for o, _ in rays]).to(self.device),
                               torch.cat([d for _, d in rays]).to(self.device), times[0] if len(times) == 1 else times,
                               n_samples=self.n_samples, train=True, white_bg=white_bg, generator=self.generator)
         finally:
-            field_.compiled_lookups = False
+            field_.compiled_lookups = before
         mse = F.mse_loss(out["rgb"], target)
         total = mse
         stats = {}

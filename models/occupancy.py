@@ -221,13 +221,7 @@ def volumes_fit(field, count: int, budget_mib: float) -> bool:
 
 
 def volume_lookup(volume: Tensor, xyz: Tensor) -> Tensor:
-    """Trilinear lookup of a node volume ``[Z, Y, X]`` at box-normalized points ``[..., 3]`` -> float32 ``[...]``
-    (``grid_sample``'s; a compiled loop for float32 CPU tensors: :func:`models.compiled_field.volume_lookup`)."""
-    from . import compiled_field  # (it imports this module through models.compiled_march)
-
-    compiled = compiled_field.volume_lookup(volume, xyz)
-    if compiled is not None:
-        return compiled
+    """Trilinear lookup of a node volume ``[Z, Y, X]`` at box-normalized points ``[..., 3]`` -> float32 ``[...]``."""
     grid = xyz.reshape(1, -1, 1, 1, 3).to(torch.float32)
     return F.grid_sample(volume[None, None], grid, align_corners=True).view(xyz.shape[:-1])
 

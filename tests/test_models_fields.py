@@ -172,9 +172,31 @@ def test_compiled_lookups_and_gradients_equal_pytorch(num_frames, ld_per_frame):
     assert compiled[2].keys() == reference[2].keys() and len(reference[2]) == 13  # 12 factors and the basis
     for name, grad in reference[2].items():
         assert torch.allclose(compiled[2][name], grad, rtol=1e-5, atol=1e-5 * grad.abs().max().item()), name
-    # one time: the same as a FrameTimes of one frame
-    single = _lookups_and_gradients(field, xyz, 0.37, compiled=True)
-    assert torch.allclose(single[0], _lookups_and_gradients(field, xyz, 0.37, compiled=False)[0], atol=1e-5)
+    # one time
+    single, expected = (_lookups_and_gradients(field, xyz, 0.37, compiled=c) for c in (True, False))
+    assert torch.allclose(single[0], expected[0], atol=1e-5) and torch.allclose(single[1], expected[1], atol=1e-5)
+    for name, grad in expected[2].items():
+        assert torch.allclose(single[2][name], grad, rtol=1e-5, atol=1e-5 * grad.abs().max().item()), name
+
+
+def test_compiled_lookups_only_where_they_apply():
+    """Points that need gradients, float64 points or factors, and point counts that do not add up are not given to
+    the compiled loops (which check no index)."""
+    from models import compiled_field
+    from models.fields import FrameTimes
+
+    field = _random_vm(4, 0.5)
+    field.compiled_lookups = True
+    xyz = torch.rand(10, 3) * 2 - 1
+    assert compiled_field.usable(field, xyz)
+    assert not compiled_field.usable(field, xyz.double()) and not compiled_field.usable(field, xyz.requires_grad_())
+    xyz = xyz.detach()
+    with pytest.raises(ValueError, match="do not describe 10 points"):
+        field.density_feature(xyz, FrameTimes((0.0, 1.0), (4, 5)))
+    field.double()
+    assert not compiled_field.usable(field, xyz)
+    field.float().compiled_lookups = False
+    assert not compiled_field.usable(field, xyz)
 
 
 def test_frame_times_lookups_equal_one_lookup_per_frame():
@@ -192,22 +214,4 @@ def test_frame_times_lookups_equal_one_lookup_per_frame():
             assert torch.equal(lookup(xyz, t), expected)
 
 
-def test_compiled_volume_lookup_equals_grid_sample():
-    """The coarse pass's lookups in the node volumes: grid_sample's values, zeros beyond the box, NaN points 0."""
-    import torch.nn.functional as F
-
-    from models import compiled_field
-
-    torch.manual_seed(2)
-    volume = torch.randn(6, 5, 7)
-    xyz = torch.rand(3, 50, 3) * 2.4 - 1.2
-    xyz[0, :3] = torch.tensor([[1.0, 1, 1], [-1, -1, -1], [0.999, -0.999, 1.2]])
-    expected = F.grid_sample(volume[None, None], xyz.view(1, -1, 1, 1, 3), align_corners=True).view(3, 50)
-    got = compiled_field.volume_lookup(volume, xyz)
-    assert got.shape == (3, 50) and torch.allclose(got, expected, atol=1e-6)
-    xyz[1, 0] = float("nan")
-    assert compiled_field.volume_lookup(volume, xyz)[1, 0] == 0
-    # not for what needs gradients or another dtype (the caller then uses grid_sample)
-    assert compiled_field.volume_lookup(volume.double(), xyz.double()) is None
-    assert compiled_field.volume_lookup(volume.requires_grad_(), xyz) is None
 # --- end compiled lookups --------------------------------------------------------------------------------------

@@ -124,3 +124,19 @@ def test_compiled_fit_follows_the_pytorch_fit(scene, monkeypatch):
     assert compiled_losses == pytest.approx(torch_losses, rel=1e-3)
     for (name, a), b in zip(compiled_field_.state_dict().items(), torch_field.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-3), name
+
+
+def test_a_failed_step_leaves_the_lookup_switch_as_it_was(scene, monkeypatch):
+    import models.fitting as fitting
+
+    args = parse_args(TINY + ["--datadir", str(scene.datadir)])
+    trainer = Trainer(field_from_args(args, scene), scene, FitSettings.from_args(args))
+
+    def fails(field, *args, **kwargs):
+        assert field.compiled_lookups is True  # on during the step's render
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(fitting, "render_rays", fails)
+    with pytest.raises(RuntimeError, match="render failed"):
+        trainer.step()
+    assert trainer.field.compiled_lookups is False
