@@ -83,6 +83,18 @@ def _line_value(line, s, iv, lv, hv):
     return lv * line[s, iv] + hv * line[s, iv + 1]
 
 
+@_njit(inline="always")
+def _live_values(plane, line, s0, s1, w0, w1, ia, ib, iv, la, ha, lb, hb, lv, hv):
+    """A live channel's plane and line values at a point: ``w0`` x stored channel ``s0`` (+ ``w1`` x ``s1``, a
+    blend)."""
+    p = w0 * _plane_value(plane, s0, ia, ib, la, ha, lb, hb)
+    q = w0 * _line_value(line, s0, iv, lv, hv)
+    if w1 != 0:
+        p += w1 * _plane_value(plane, s1, ia, ib, la, ha, lb, hb)
+        q += w1 * _line_value(line, s1, iv, lv, hv)
+    return p, q
+
+
 @_njit(parallel=True, nogil=True)
 def _pair_forward(plane, line, a, b, v, index, lo, hi, starts, source, mix, out):
     """``out[k, n]`` = plane x line product of live channel ``k`` at point ``n``, for one factor pair: ``plane
@@ -96,11 +108,7 @@ def _pair_forward(plane, line, a, b, v, index, lo, hi, starts, source, mix, out)
         for n in range(starts[f], starts[f + 1]):
             ia, ib, iv = index[n, a], index[n, b], index[n, v]
             la, ha, lb, hb, lv, hv = lo[n, a], hi[n, a], lo[n, b], hi[n, b], lo[n, v], hi[n, v]
-            p = w0 * _plane_value(plane, s0, ia, ib, la, ha, lb, hb)
-            q = w0 * _line_value(line, s0, iv, lv, hv)
-            if w1 != 0:
-                p += w1 * _plane_value(plane, s1, ia, ib, la, ha, lb, hb)
-                q += w1 * _line_value(line, s1, iv, lv, hv)
+            p, q = _live_values(plane, line, s0, s1, w0, w1, ia, ib, iv, la, ha, lb, hb, lv, hv)
             out[k, n] = p * q
 
 
@@ -121,11 +129,7 @@ def _pair_backward(plane, line, a, b, v, index, lo, hi, starts, source, mix, use
                     continue
                 ia, ib, iv = index[n, a], index[n, b], index[n, v]
                 la, ha, lb, hb, lv, hv = lo[n, a], hi[n, a], lo[n, b], hi[n, b], lo[n, v], hi[n, v]
-                p = w0 * _plane_value(plane, s0, ia, ib, la, ha, lb, hb)
-                q = w0 * _line_value(line, s0, iv, lv, hv)
-                if w1 != 0:
-                    p += w1 * _plane_value(plane, s1, ia, ib, la, ha, lb, hb)
-                    q += w1 * _line_value(line, s1, iv, lv, hv)
+                p, q = _live_values(plane, line, s0, s1, w0, w1, ia, ib, iv, la, ha, lb, hb, lv, hv)
                 gp, gq = g * q * w, g * p * w  # d out / d (plane value), d out / d (line value), times the mix
                 grad_plane[s, ib, ia] += gp * lb * la
                 grad_plane[s, ib, ia + 1] += gp * lb * ha
