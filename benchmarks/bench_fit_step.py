@@ -6,9 +6,9 @@ and a fast fit's phases.
    appearance, forward and backward, with ``--fit_compiled 1`` (``models/compiled_field.py``) and 0; prints
    milliseconds per lookup and the largest gradient difference.
 2. Phases (``--fit_iters`` > 0): a fast fit of ``bench_train.py``'s large scene (release grid 64³ -> 128³, half-voxel
-   step, the demo config) for each ``--fit_compiled`` value of ``--modes``; prints the seconds of the dense warm-up,
-   the importance-sampled iterations and the polish at the dense positions, and the final test PSNR (camera 0,
-   frames 0 and 8).
+   step, the demo config) for each ``--fit_compiled`` value of ``--modes``; prints the seconds of the iterations
+   before the occupancy grid (importance-sampled from the dense positions), those after it, and the polish at the
+   dense positions, and the final test PSNR (camera 0, frames 0 and 8).
 
     python benchmarks/bench_fit_step.py                      # lookups only (~1 min)
     python benchmarks/bench_fit_step.py --fit_iters 700      # and the phases of both modes (~3 min, 2 threads)
@@ -40,7 +40,7 @@ LARGE = {"cams": 6, "frames": 16, "width": 192, "height": 144}
 
 def ray_points(n: int, generator: torch.Generator) -> torch.Tensor:
     """``[n, 3]`` points in 25-sample runs along short segments (like a batch's samples: close along each ray)."""
-    runs = max(1, n // 25)
+    runs = max(1, -(-n // 25))
     start = torch.rand(runs, 1, 3, generator=generator) * 1.6 - 0.8
     direction = torch.nn.functional.normalize(torch.randn(runs, 1, 3, generator=generator), dim=-1)
     along = torch.rand(runs, 25, 1, generator=generator).sort(dim=1).values * 0.15
@@ -96,8 +96,8 @@ def phases(args) -> None:
         settings = FitSettings.from_args(opts)
         trainer = Trainer(field_from_args(opts, scene), scene, settings, tensorboard=False)
         polish = args.fit_iters - round(settings.importance_polish * args.fit_iters)
-        marks = {"warm-up (dense, then grid)": settings.occupancy_warmup, "importance-sampled": polish,
-                 "polish (dense positions)": args.fit_iters}
+        marks = {"first iterations, no grid yet": min(settings.occupancy_warmup, polish),
+                 "then with the grid": polish, "polish (dense positions)": args.fit_iters}
         seconds, begin = {}, 0
         for name, end in marks.items():
             start = time.perf_counter()
@@ -109,7 +109,7 @@ def phases(args) -> None:
         for frame in (0, 8):
             out = render_image(trainer.field, trainer.sampler, scene, frame, scene.test_cams[0])
             mse = torch.mean((out["rgb"] - scene.image(frame, scene.test_cams[0])) ** 2).item()
-            psnr.append(-10 * math.log10(mse))
+            psnr.append(-10 * math.log10(max(mse, 1e-20)))
         rows.append((mode, seconds, float(np.mean(psnr))))
         print(f"  --fit_compiled {mode}: {sum(s for s, _ in seconds.values()):.1f} s", flush=True)
     print(f"\nfast fit of the large scene, {args.fit_iters} iterations, {torch.get_num_threads()} thread(s): seconds "

@@ -3,13 +3,13 @@
 ``StreamTensorVMSplit._products`` with PyTorch operators makes, per frame of a batch and per factor, a channel
 selection of the stored factor (``index_select``, a blend), a ``grid_sample`` and a product; backward makes a
 zero gradient of the whole stored factor per lookup, ``grid_sample``'s backward into it and an ``index_add_``.
-At a CPU fit's few thousand to few hundred thousand points per step, those passes take about three times as long
-as the loops here (the lookups were about 40% of a fast fit's step). Here one lookup of all the batch's frames
-computes the products in one compiled loop per factor pair, and its backward writes each stored channel's gradient
-once, in a loop that owns the channel (no two threads write the same memory): every channel of every pair with
-its planes' and lines' values read from the stored factors as ``grid_sample`` reads them (``align_corners=True``,
-zeros outside the grid), the live channels of each frame's time and the blend of an entering channel exactly as
-:meth:`models.streaming.ChannelStream.select` picks them.
+At a CPU fit's few thousand to few hundred thousand points per step, those passes take about 1.6 times as long as
+the loops here (``benchmarks/bench_fit_step.py``; the lookups were about 40% of a fast fit's step). Here one lookup
+of all the batch's frames computes the products in one compiled loop per factor pair, and its backward writes each
+stored channel's gradient once, in a loop that owns the channel (no two threads write the same memory): every
+channel of every pair with its planes' and lines' values read from the stored factors as ``grid_sample`` reads
+them (``align_corners=True``, zeros outside the grid), the live channels of each frame's time and the blend of an
+entering channel exactly as :meth:`models.streaming.ChannelStream.select` picks them.
 
 The results equal the PyTorch operators' up to float rounding, values and gradients
 (``tests/test_models_fields.py``). Used for float32 points on the CPU that need no gradient themselves (the
