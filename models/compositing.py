@@ -182,3 +182,22 @@ def shading_anchors(ray: Tensor, index: Tensor, stride: int, heavy: Tensor | Non
     before, after = index[anchors[lo]], index[anchors[hi]]
     share = (index - before).to(torch.float32) / (after - before).clamp(min=1).to(torch.float32)
     return anchors, lo, hi, share
+
+
+def anchor_weights(weights: Tensor, thres: float, stride: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The samples a render shades (:func:`shading_anchors` of the samples weighted above ``thres``) and the weight
+    each carries once the weights between shaded samples are split between them.
+
+    Args:
+        weights: ``[n_rays, n_samples]`` compositing weights (the carried weights keep their gradients).
+
+    Returns:
+        ``ray [M]``, ``index [M]`` (row-major order) and ``carried [M]``.
+    """
+    ray, index = torch.nonzero(weights > thres, as_tuple=True)
+    w = weights[ray, index]
+    anchors, lo, hi, share = shading_anchors(ray, index, stride, heavy=w.detach() > HEAVY_WEIGHT)
+    share = share.to(w.dtype)
+    carried = torch.zeros(anchors.shape[0], device=w.device, dtype=w.dtype)
+    carried = carried.index_add(0, lo, w * (1.0 - share)).index_add(0, hi, w * share)
+    return ray[anchors], index[anchors], carried

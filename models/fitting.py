@@ -193,11 +193,15 @@ class Trainer:
         times = [float(scene.times[b.frame]) for b in batches]
         # one render of all frames' rays (grouped by frame in equal blocks); the field's lookups in compiled loops
         # during the step only (renders keep the PyTorch operators: the dense reference)
+        # the polish (the fast sampler itself, with importance sampling configured) fits colour as renders shade
+        polishing = self.importance is not None and ray_sampler is self.sampler
+        stride = self.sampler.color_stride(field_) if polishing and s.importance_polish_anchors else 1
         before, field_.compiled_lookups = getattr(field_, "compiled_lookups", False), bool(s.fit_compiled)
         try:
             out = render_rays(field_, ray_sampler, torch.cat([o for o, _ in rays]).to(self.device),
                               torch.cat([d for _, d in rays]).to(self.device), times[0] if len(times) == 1 else times,
-                              n_samples=self.n_samples, train=True, white_bg=white_bg, generator=self.generator)
+                              n_samples=self.n_samples, train=True, white_bg=white_bg, generator=self.generator,
+                              color_stride=stride)
         finally:
             field_.compiled_lookups = before
         mse = F.mse_loss(out["rgb"], target)

@@ -13,14 +13,13 @@ import torch
 from torch import Tensor
 
 from .compositing import (
-    HEAVY_WEIGHT,
     Times,
+    anchor_weights,
     composite_depth,
     composite_rgb,
     over_background,
     per_frame,
     sample_weights,
-    shading_anchors,
 )
 from .sampling import Marched, OccupancySampler, RaySampler
 
@@ -29,7 +28,7 @@ SHADE_BLOCK = 16384  # points per shading pass of a CPU render (shade)
 
 def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: Times, *, n_samples: int,
                 train: bool = False, white_bg: bool = False, generator: torch.Generator | None = None,
-                color: bool = True) -> dict[str, Tensor]:
+                color: bool = True, color_stride: int = 1) -> dict[str, Tensor]:
     """Render one batch of rays of one frame, or of several frames grouped in equal blocks.
 
     Args:
@@ -42,6 +41,9 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
         white_bg: composite over white.
         generator: random source of the jitter.
         color: False: depth and opacity only (no appearance lookups nor shading).
+        color_stride: (batches not marched) colour at every ``color_stride``-th weighted sample and the others of
+            :func:`models.compositing.shading_anchors`, interpolated between, as fast renders evaluate it; 1: at
+            every weighted sample.
 
     Returns:
         ``rgb [n_rays, 3]`` (when ``color``), ``depth [n_rays]`` (no gradient), ``acc [n_rays]``; in training also
@@ -62,7 +64,15 @@ def render_rays(field, sampler: RaySampler, rays_o: Tensor, rays_d: Tensor, t: T
     out = {"depth": depth, "acc": weights.sum(-1)}
     if train:  # what training losses on the weights need (full-image renders keep per-ray outputs only)
         out["weights"], out["z_vals"] = weights, samples.z_vals
-    if color:
+    if color and color_stride > 1:  # colour at a render's shading anchors, interpolated between them
+        ray, index, carried = anchor_weights(weights, field.rayMarch_weight_thres, color_stride)
+        shaded = torch.zeros_like(weights, dtype=torch.bool)
+        shaded[ray, index] = True  # (xyz[shaded] is in the anchors' row-major order)
+        rgb = field.color(xyz[shaded], samples.viewdirs[ray], per_frame(field.app_features, xyz, shaded, t))
+        rgb_map = torch.zeros((weights.shape[0], 3), device=weights.device, dtype=weights.dtype)
+        out["rgb"] = over_background(rgb_map.index_add(0, ray, carried[:, None] * rgb.to(weights.dtype)),
+                                     out["acc"], white_bg)
+    elif color:
         app_mask = weights > field.rayMarch_weight_thres
         rgb = torch.zeros((*weights.shape, 3), device=rays_o.device, dtype=rays_o.dtype)
         dirs = samples.viewdirs[:, None, :].expand(xyz.shape)[app_mask]
@@ -93,12 +103,7 @@ def composite_marched(field, marched: Marched, t: float, white_bg: bool, *, colo
         ray, index = torch.nonzero(marched.anchor_weights, as_tuple=True)
         anchor_w = marched.anchor_weights[ray, index]
     else:
-        ray, index = torch.nonzero(weights > field.rayMarch_weight_thres, as_tuple=True)
-        w = weights[ray, index]
-        anchors, lo, hi, share = shading_anchors(ray, index, color_stride, heavy=w > HEAVY_WEIGHT)
-        anchor_w = torch.zeros(anchors.shape[0], device=w.device, dtype=w.dtype)
-        anchor_w.index_add_(0, lo, w * (1.0 - share.to(w.dtype))).index_add_(0, hi, w * share.to(w.dtype))
-        ray, index = ray[anchors], index[anchors]
+        ray, index, anchor_w = anchor_weights(weights, field.rayMarch_weight_thres, color_stride)
     points = field.normalize_coord(steps.point(ray, index))
     features = features if features is not None else (lambda part: field.app_features(part, t))
     rgb = shade(field, points, steps.viewdirs[ray], features).to(weights.dtype)

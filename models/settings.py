@@ -80,6 +80,9 @@ class FitSettings:
     importance_polish: float = setting(
         0.03, "fast sampling: share of n_iters at the end fitted at the dense positions (occupancy grid only), so the "
         "model fits the quadrature its renders use")
+    importance_polish_anchors: bool = setting(
+        True, "fast sampling: the polish fits colour where fast renders evaluate it (every --render_color_voxels "
+        "cells and at heavy samples, interpolated between), not at every weighted sample; 0: every weighted sample")
     importance_volumes_mib: float = setting(
         512.0, "fast sampling: memory for the coarse pass's per-frame density volumes at the grid nodes (exact, "
         "rebuilt every occupancy_every iterations); when one volume per frame does not fit, the coarse pass "

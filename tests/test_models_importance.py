@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from test_models_occupancy import TINY, rays, tiny
@@ -145,6 +147,25 @@ def test_the_last_iterations_polish_at_the_dense_positions(small_scene_dir):
     assert kinds == [ImportanceSampler] * 8 + [OccupancySampler] * 2
     with pytest.raises(ConfigError, match="importance_polish"):
         parse_args(["--importance_polish", "2"])
+
+
+@pytest.mark.parametrize("anchors", ["1", "0"])
+def test_the_polish_fits_colour_where_renders_shade(small_scene_dir, monkeypatch, anchors):
+    """In the polish, colour is fitted at a fast render's shading anchors (every round(render_color_voxels /
+    step_ratio) samples, interpolated between), unless --importance_polish_anchors 0; elsewhere at every sample."""
+    import models.fitting as fitting
+
+    scene = load_scene("synthetic", small_scene_dir, ndc=True)
+    args = parse_args(TINY + ["--datadir", str(small_scene_dir), "--n_iters", "6", "--occupancy_warmup", "2",
+                              "--importance_polish", "0.34", "--render_color_voxels", "3",
+                              "--importance_polish_anchors", anchors])
+    trainer = Trainer(field_from_args(args, scene), scene, FitSettings.from_args(args), tensorboard=False)
+    strides, render_rays = [], fitting.render_rays
+    monkeypatch.setattr(fitting, "render_rays",
+                        lambda *a, **k: strides.append(k["color_stride"]) or render_rays(*a, **k))
+    losses = [trainer.step()["mse"] for _ in range(6)]
+    polish = 3 if anchors == "1" else 1  # round(3 cells / step_ratio 1)
+    assert strides == [1, 1, 1, 1, polish, polish] and all(math.isfinite(v) for v in losses)
 
 
 @pytest.mark.parametrize("model_name", ["StreamTensorVMSplit", "StreamTensorCP"])

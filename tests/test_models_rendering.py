@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from models.compositing import alpha_weights, composite_depth, composite_rgb, distortion, shading_anchors
+from models.compositing import (
+    alpha_weights,
+    anchor_weights,
+    composite_depth,
+    composite_rgb,
+    distortion,
+    shading_anchors,
+)
 from models.sampling import next_distances, steps_box, steps_ndc
 
 BOX = torch.tensor([[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]])
@@ -111,18 +118,21 @@ def test_colour_stride_is_exact_for_colour_linear_along_the_ray():
     """Splitting each weight between the shaded samples around it is linear interpolation of their colours: exact
     when colour is linear in the sample index, whatever the weights."""
     torch.manual_seed(0)
-    weights = torch.rand(5, 40) * (torch.rand(5, 40) > 0.3)
-    ray, index = torch.nonzero(weights > 0.05, as_tuple=True)
+    weights = (torch.rand(5, 40) * (torch.rand(5, 40) > 0.3) * 0.025).requires_grad_()  # none heavy (> 3%)
     slope, offset = torch.rand(5, 1, 3), torch.rand(5, 1, 3)
     colour = offset + slope * torch.arange(40.0)[None, :, None] / 40  # [rays, samples, 3]
-    reference = composite_rgb(torch.where(weights > 0.05, weights, 0.0), colour, white_bg=False)
+    reference = composite_rgb(torch.where(weights > 0.00125, weights, 0.0), colour, white_bg=False)
+    n_weighted = int((weights > 0.00125).sum())
     for stride in (1, 3, 8):
-        anchors, lo, hi, share = shading_anchors(ray, index, stride)
-        w = weights[ray, index]
-        anchor_w = torch.zeros(len(anchors)).index_add_(0, lo, w * (1 - share)).index_add_(0, hi, w * share)
-        rgb = torch.zeros(5, 3).index_add_(0, ray[anchors], anchor_w[:, None] * colour[ray[anchors], index[anchors]])
-        assert len(anchors) < len(ray) or stride == 1
+        ray, index, carried = anchor_weights(weights, 0.00125, stride)
+        rgb = torch.zeros(5, 3).index_add(0, ray, carried[:, None] * colour[ray, index])
+        assert len(ray) < n_weighted or stride == 1
         assert torch.allclose(rgb.clamp(0, 1), reference, atol=1e-5), stride
+        # the carried weights keep the weights' gradients: the same as the reference's
+        grad, = torch.autograd.grad(rgb.sum(), weights)
+        weighted = torch.where(weights > 0.00125, weights, 0.0)
+        expected, = torch.autograd.grad((weighted[..., None] * colour).sum(), weights)
+        assert torch.allclose(grad, expected, atol=1e-5), stride
 
 
 def test_cube_range_of_normalized_steps():
