@@ -191,11 +191,11 @@ class Trainer:
         rays = [scene.rays(b.frame, b.cams, b.ys, b.xs)[:2] for b in batches]
         target = torch.cat([scene.rgb(b.frame, b.cams, b.ys, b.xs) for b in batches]).to(self.device)
         times = [float(scene.times[b.frame]) for b in batches]
-        # one render of all frames' rays (grouped by frame in equal blocks); the field's lookups in compiled loops
-        # during the step only (renders keep the PyTorch operators: the dense reference)
         # the polish (the fast sampler itself, with importance sampling configured) fits colour as renders shade
         polishing = self.importance is not None and ray_sampler is self.sampler
         stride = self.sampler.color_stride(field_) if polishing and s.importance_polish_anchors else 1
+        # one render of all frames' rays (grouped by frame in equal blocks); the field's lookups in compiled loops
+        # during the step only (renders keep the PyTorch operators: the dense reference)
         before, field_.compiled_lookups = getattr(field_, "compiled_lookups", False), bool(s.fit_compiled)
         try:
             out = render_rays(field_, ray_sampler, torch.cat([o for o, _ in rays]).to(self.device),

@@ -99,6 +99,13 @@ class RaySteps:
         z = self.z_vals[0, index] if self.z_vals.shape[0] == 1 else self.z_vals[ray, index]
         return self.points(ray, z[:, None])[:, 0]
 
+    def split(self, size: int) -> list[RaySteps]:
+        """The steps of consecutive blocks of ``size`` rays."""
+        parts = [slice(start, start + size) for start in range(0, self.origins.shape[0], size)]
+        return [replace(self, origins=self.origins[p], directions=self.directions[p], dists=self.dists[p],
+                        z_vals=self.z_vals if self.z_vals.shape[0] == 1 else self.z_vals[p], viewdirs=self.viewdirs[p])
+                for p in parts]
+
     def normalized(self, aabb: Tensor) -> RaySteps:
         """The same steps with points in box-normalized coordinates (``[-1, 1]`` inside ``aabb``)."""
         scale = 2.0 / (aabb[1] - aabb[0])
@@ -476,9 +483,9 @@ class ImportanceSampler:
         n_fine = min(n_samples, max(2, self.min_fine, round(n_samples * self.fine_ratio)))
         with torch.no_grad():
             if self.volumes is not None and self.volumes.usable(field):
-                steps = getattr(self.coarse, "dense", self.coarse).steps(field, rays_o, rays_d, n_coarse, train,
-                                                                         generator)
-                coarse, weights = steps, self._volume_weights(field, steps, t)
+                coarse = getattr(self.coarse, "dense", self.coarse).steps(field, rays_o, rays_d, n_coarse, train,
+                                                                          generator)
+                weights = self._volume_weights(field, coarse, t)
             else:
                 coarse = self.coarse(field, rays_o, rays_d, n_coarse, train, generator, t=t)
                 weights = sample_weights(field, coarse, field.normalize_coord(coarse.xyz), t)
@@ -491,27 +498,20 @@ class ImportanceSampler:
         return RaySamples(xyz=xyz, z_vals=z_vals, dists=(following - z_vals) * norm, viewdirs=rays_d / norm,
                           valid=inside_box(xyz, field.aabb))
 
-
     def _volume_weights(self, field, steps: RaySteps, t: Times) -> Tensor:
         """The coarse samples' compositing weights ``[n_rays, n_coarse]``, their density read in the frames' node
         volumes: one compiled march per frame block for float32 CPU rays (:func:`models.compiled_march.march_weights`
         without an occupancy grid nor early stop: the same weights up to float rounding), else PyTorch operators."""
-        dists = steps.dists * field.distance_scale
         size, times = frame_blocks(steps.origins.shape[0], t)
         volumes = [self.volumes.volume(field, time)[0, 0] for time in times]
         if not (self.compiled and all(compiled_march.usable(steps.origins, v) for v in volumes)):
             samples = steps.samples(field.aabb)
             feature = self.volumes.feature(field, field.normalize_coord(samples.xyz), t)
-            return alpha_weights(field.activate_density(feature) * samples.valid, dists)[1]
-        blocks = []
-        for start, volume in zip(range(0, steps.origins.shape[0], size), volumes):
-            part = slice(start, start + size)
-            block = replace(steps, origins=steps.origins[part], directions=steps.directions[part],
-                            z_vals=steps.z_vals if steps.z_vals.shape[0] == 1 else steps.z_vals[part],
-                            dists=steps.dists[part], viewdirs=steps.viewdirs[part])
-            blocks.append(compiled_march.march_weights(block, dists[part], field.aabb, volume, None,
-                                                       field.fea2denseAct, field.density_shift, 0.0, 1)[0])
-        return torch.cat(blocks)
+            return alpha_weights(field.activate_density(feature) * samples.valid,
+                                 steps.dists * field.distance_scale)[1]
+        return torch.cat([compiled_march.march_weights(block, block.dists * field.distance_scale, field.aabb, volume,
+                                                       None, field.fea2denseAct, field.density_shift, 0.0, 1)[0]
+                          for block, volume in zip(steps.split(size), volumes)])
 
 
 SAMPLERS: dict[str, Callable[..., RaySampler]] = {"dense": DenseSampler, "fast": OccupancySampler}
