@@ -25,7 +25,7 @@ from models import (
 )
 from models.compositing import HEAVY_WEIGHT, alpha_weights, shading_anchors
 from models.config import parse_args
-from models.occupancy import OccupancyGrid, TimeVolume, feature_threshold, probe_times
+from models.occupancy import OccupancyGrid, TimeVolume, corner_reduce, feature_threshold, probe_times
 from models.sampling import OccupancySampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +63,15 @@ def rays(n=40):
     rays_o = torch.cat([torch.rand(n, 2, generator=g) * 2 - 1, -torch.ones(n, 1)], dim=-1)
     rays_d = torch.cat([torch.randn(n, 2, generator=g) * 0.3, 2 * torch.ones(n, 1)], dim=-1)
     return rays_o, rays_d
+
+
+def test_corner_reduce_is_the_two_node_pool():
+    nodes = torch.randn(7, 9, 6, generator=torch.Generator().manual_seed(1))
+    pooled = torch.nn.functional.max_pool3d(nodes[None, None], kernel_size=2, stride=1)[0, 0]
+    assert torch.equal(corner_reduce(nodes, torch.maximum), pooled)
+    assert torch.equal(corner_reduce(nodes, torch.minimum), -torch.nn.functional.max_pool3d(
+        -nodes[None, None], kernel_size=2, stride=1)[0, 0])
+    assert torch.equal(corner_reduce(nodes > 0.5, torch.logical_or), pooled > 0.5)
 
 
 def test_probe_times_cover_row_ends():
