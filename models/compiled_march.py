@@ -72,10 +72,10 @@ def _njit(**options):
 
 @_njit(inline="always")
 def _bilinear(volume, z, y0, x0, fy, fx, gy, gx):
-    """Slice ``z`` of ``volume`` between nodes ``(y0, x0)`` and ``(y0 + 1, x0 + 1)``; ``f`` the fractions towards
-    the upper node, ``g = 1 - f``."""
-    return (gy * (gx * volume[z, y0, x0] + fx * volume[z, y0, x0 + 1])
-            + fy * (gx * volume[z, y0 + 1, x0] + fx * volume[z, y0 + 1, x0 + 1]))
+    """Node slice ``z`` of a ``[Y, X, Z]`` volume between nodes ``(y0, x0)`` and ``(y0 + 1, x0 + 1)``; ``f`` the
+    fractions towards the upper node, ``g = 1 - f``."""
+    return (gy * (gx * volume[y0, x0, z] + fx * volume[y0, x0 + 1, z])
+            + fy * (gx * volume[y0 + 1, x0, z] + fx * volume[y0 + 1, x0 + 1, z]))
 
 
 @_njit(inline="always")
@@ -90,10 +90,12 @@ def _corner(coord, size):
 
 @_njit(inline="always")
 def _feature(volume, x, y, w):
-    """``grid_sample``'s trilinear lookup of a ``[Z, Y, X]`` volume at a box-normalized point."""
-    z0, fz = _corner(w, volume.shape[0])
-    y0, fy = _corner(y, volume.shape[1])
-    x0, fx = _corner(x, volume.shape[2])
+    """``grid_sample``'s trilinear lookup of a node volume at a box-normalized point; the volume is indexed
+    ``[Y, X, Z]`` (z innermost: the nodes a ray meets one after the other lie side by side in memory, see
+    :func:`march_weights`)."""
+    y0, fy = _corner(y, volume.shape[0])
+    x0, fx = _corner(x, volume.shape[1])
+    z0, fz = _corner(w, volume.shape[2])
     gx, gy, gz = f32(1.0) - fx, f32(1.0) - fy, f32(1.0) - fz
     return gz * _bilinear(volume, z0, y0, x0, fy, fx, gy, gx) + fz * _bilinear(volume, z0 + 1, y0, x0, fy, fx, gy, gx)
 
@@ -192,8 +194,10 @@ def march_weights(steps, dists: Tensor, aabb: Tensor, volume: Tensor, grid, fea2
         steps: the render's :class:`models.sampling.RaySteps`.
         dists: ``[n_rays, n_samples]`` spacing already multiplied by ``distance_scale``.
         aabb: ``[2, 3]`` the field's box.
-        volume: ``[Z, Y, X]`` the time's node feature volume (:class:`models.occupancy.TimeVolume`); grid: its
-            occupancy grid (None: every sample in the box is looked at, as the importance sampler's coarse pass).
+        volume: ``[Z, Y, X]`` the time's node feature volume (:class:`models.occupancy.TimeVolume`), best stored
+            z innermost (:func:`models.occupancy.z_innermost`; another layout is copied to it at each call); grid:
+            its occupancy grid (None: every sample in the box is looked at, as the importance sampler's coarse
+            pass).
         fea2dense: ``relu`` or ``softplus``; shift: the density shift (softplus).
         early_stop: transmittance below which a ray stops, checked every ``segment`` samples; 0: never.
         anchors: ``(weight threshold, heavy weight, stride)`` of :func:`models.compositing.shading_anchors`, to have
@@ -219,7 +223,8 @@ def march_weights(steps, dists: Tensor, aabb: Tensor, volume: Tensor, grid, fea2
     with _LAUNCH:
         _set_threads()
         _march(_host(steps.origins), _host(steps.directions), _host(box.origins), _host(box.directions),
-               _host(steps.z_vals), _host(dists), _host(aabb), _host(volume), occupied, half, top, factor,
+               _host(steps.z_vals), _host(dists), _host(aabb), _host(volume.permute(1, 2, 0)), occupied, half, top,
+               factor,
                fea2dense == "relu",
                f32(shift), float(limit), int(segment), f32(thres), f32(heavy), int(stride), weights,
                anchor_weights)

@@ -25,7 +25,14 @@ from models import (
 )
 from models.compositing import HEAVY_WEIGHT, alpha_weights, shading_anchors
 from models.config import parse_args
-from models.occupancy import OccupancyGrid, TimeVolume, corner_reduce, feature_threshold, probe_times
+from models.occupancy import (
+    OccupancyGrid,
+    TimeVolume,
+    corner_reduce,
+    feature_threshold,
+    probe_times,
+    z_innermost,
+)
 from models.sampling import OccupancySampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,6 +191,25 @@ def test_compiled_march_is_the_pytorch_march(act, ndc, ld, max_cells):
             renders = [render_rays(field, sampler, rays_o, rays_d, 0.4, n_samples=48) for sampler in (compiled, plain)]
         for key in ("rgb", "depth", "acc"):
             assert torch.allclose(renders[0][key], renders[1][key], atol=1e-5), key
+
+
+def test_march_reads_a_volume_in_either_layout():
+    """The compiled march reads node volumes z innermost (``z_innermost``: same shape and values, Z's stride 1); a
+    volume in the usual layout is copied to it and marches to the same weights."""
+    from models import compiled_march
+
+    field = tiny()
+    volume = TimeVolume(512).update(field, 0.4)
+    inner = volume.volume
+    assert inner.stride(0) == 1 and inner.permute(1, 2, 0).is_contiguous()
+    plain = inner.contiguous()
+    assert torch.equal(z_innermost(plain), plain) and z_innermost(plain).stride() == inner.stride()
+    rays_o, rays_d = rays(200)
+    steps = build_sampler("dense", True).steps(field, rays_o, rays_d, 48)
+    weights = [compiled_march.march_weights(steps, steps.dists * field.distance_scale, field.aabb, v, volume.grid,
+                                            field.fea2denseAct, field.density_shift, 1e-4, 64)[0]
+               for v in (inner, plain)]
+    assert (weights[0] > 0).sum() > 500 and torch.equal(weights[0], weights[1])
 
 
 @pytest.mark.parametrize("ld", [0.5, 2])
