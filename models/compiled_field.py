@@ -5,8 +5,9 @@ selection of the stored factor (``index_select``, a blend), a ``grid_sample`` an
 zero gradient of the whole stored factor per lookup, ``grid_sample``'s backward into it and an ``index_add_``.
 At a CPU fit's few thousand to few hundred thousand points per step, those passes take about 1.6 times as long as
 the loops here (``benchmarks/bench_fit_step.py``; the lookups were about 40% of a fast fit's step). Here one lookup
-of all the batch's frames computes the products in one compiled loop per factor pair, and its backward writes each
-stored channel's gradient once, in a loop that owns the channel (no two threads write the same memory): every
+of all the batch's frames computes the products in one compiled loop per factor pair (keeping each live channel's
+plane and line values), and its backward writes each stored channel's gradient once from those values, in a loop
+that owns the channel (no two threads write the same memory): every
 channel of every pair with its planes' and lines' values read from the stored factors as ``grid_sample`` reads
 them (``align_corners=True``, zeros outside the grid), the live channels of each frame's time and the blend of an
 entering channel exactly as :meth:`models.streaming.ChannelStream.select` picks them.
@@ -96,11 +97,12 @@ def _live_values(plane, line, s0, s1, w0, w1, ia, ib, iv, la, ha, lb, hb, lv, hv
 
 
 @_njit(parallel=True, nogil=True)
-def _pair_forward(plane, line, a, b, v, index, lo, hi, starts, source, mix, out):
+def _pair_forward(plane, line, a, b, v, index, lo, hi, starts, source, mix, out, plane_out, line_out):
     """``out[k, n]`` = plane x line product of live channel ``k`` at point ``n``, for one factor pair: ``plane
-    [S, res_b, res_a]`` read at axes ``(a, b)``, ``line [S, res_v]`` at axis ``v``. Points ``starts[f] ..
-    starts[f + 1]`` are at frame ``f``, whose live channel ``k`` is ``mix[f, k, 0]`` x stored channel ``source[f, k,
-    0]`` + ``mix[f, k, 1]`` x ``source[f, k, 1]`` (the second weight 0 unless the channel is blended)."""
+    [S, res_b, res_a]`` read at axes ``(a, b)``, ``line [S, res_v]`` at axis ``v``; the two factors' values into
+    ``plane_out`` and ``line_out`` (for the backward). Points ``starts[f] .. starts[f + 1]`` are at frame ``f``,
+    whose live channel ``k`` is ``mix[f, k, 0]`` x stored channel ``source[f, k, 0]`` + ``mix[f, k, 1]`` x
+    ``source[f, k, 1]`` (the second weight 0 unless the channel is blended)."""
     n_frames, n_live = source.shape[0], source.shape[1]
     for item in numba.prange(n_frames * n_live):
         f, k = item // n_live, item % n_live
@@ -110,18 +112,19 @@ def _pair_forward(plane, line, a, b, v, index, lo, hi, starts, source, mix, out)
             la, ha, lb, hb, lv, hv = lo[n, a], hi[n, a], lo[n, b], hi[n, b], lo[n, v], hi[n, v]
             p, q = _live_values(plane, line, s0, s1, w0, w1, ia, ib, iv, la, ha, lb, hb, lv, hv)
             out[k, n] = p * q
+            plane_out[k, n], line_out[k, n] = p, q
 
 
 @_njit(parallel=True, nogil=True)
-def _pair_backward(plane, line, a, b, v, index, lo, hi, starts, source, mix, uses, use_starts, grad, grad_plane,
-                   grad_line):
-    """Gradients of one pair's stored ``plane`` and ``line`` (into ``grad_plane``, ``grad_line``, zeros on entry)
-    from ``grad [K, N]`` of :func:`_pair_forward`'s ``out``. Stored channel ``s`` is used as ``uses[u] = (frame,
-    live channel, term)`` for ``u`` in ``use_starts[s] .. use_starts[s + 1]``; each thread owns whole channels."""
-    for s in numba.prange(plane.shape[0]):
+def _pair_backward(a, b, v, index, lo, hi, starts, mix, uses, use_starts, grad, plane_values, line_values,
+                   grad_plane, grad_line):
+    """Gradients of one pair's stored plane and line (into ``grad_plane [S, res_b, res_a]``, ``grad_line [S,
+    res_v]``, zeros on entry) from ``grad [K, N]`` of :func:`_pair_forward`'s ``out``, with the live channels'
+    plane and line values it saved. Stored channel ``s`` is used as ``uses[u] = (frame, live channel, term)`` for
+    ``u`` in ``use_starts[s] .. use_starts[s + 1]``; each thread owns whole channels."""
+    for s in numba.prange(grad_plane.shape[0]):
         for u in range(use_starts[s], use_starts[s + 1]):
             f, k, term = uses[u, 0], uses[u, 1], uses[u, 2]
-            s0, s1, w0, w1 = source[f, k, 0], source[f, k, 1], mix[f, k, 0], mix[f, k, 1]
             w = mix[f, k, term]
             for n in range(starts[f], starts[f + 1]):
                 g = grad[k, n]
@@ -129,8 +132,8 @@ def _pair_backward(plane, line, a, b, v, index, lo, hi, starts, source, mix, use
                     continue
                 ia, ib, iv = index[n, a], index[n, b], index[n, v]
                 la, ha, lb, hb, lv, hv = lo[n, a], hi[n, a], lo[n, b], hi[n, b], lo[n, v], hi[n, v]
-                p, q = _live_values(plane, line, s0, s1, w0, w1, ia, ib, iv, la, ha, lb, hb, lv, hv)
-                gp, gq = g * q * w, g * p * w  # d out / d (plane value), d out / d (line value), times the mix
+                # d out / d (plane value), d out / d (line value), times the mix
+                gp, gq = g * line_values[k, n] * w, g * plane_values[k, n] * w
                 grad_plane[s, ib, ia] += gp * lb * la
                 grad_plane[s, ib, ia + 1] += gp * lb * ha
                 grad_plane[s, ib + 1, ia] += gp * hb * la
@@ -170,15 +173,17 @@ class _Products(torch.autograd.Function):
         index = np.empty((n, 3), dtype=np.int32)
         lo, hi = np.empty((n, 3), dtype=np.float32), np.empty((n, 3), dtype=np.float32)
         out = np.empty((sum(p.live for p in pairs), n), dtype=np.float32)
+        plane_values, line_values = np.empty_like(out), np.empty_like(out)  # what the backward reads
         with _LAUNCH:
             _set_threads()
             _axes(_host(points), res, index, lo, hi)
             row = 0
             for pair in pairs:
+                rows = slice(row, row + pair.live)
                 _pair_forward(pair.plane, pair.line, *pair.axes, index, lo, hi, starts, pair.source, pair.mix,
-                              out[row:row + pair.live])
+                              out[rows], plane_values[rows], line_values[rows])
                 row += pair.live
-        ctx.lookup = (index, lo, hi, starts, pairs)
+        ctx.lookup = (index, lo, hi, starts, pairs, plane_values, line_values)
         ctx.save_for_backward(*factors)
         return torch.from_numpy(out)
 
@@ -186,15 +191,16 @@ class _Products(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         factors = ctx.saved_tensors  # (autograd checks that no factor was changed in place since the forward)
-        index, lo, hi, starts, pairs = ctx.lookup
+        index, lo, hi, starts, pairs, plane_values, line_values = ctx.lookup
         grad = _host(grad)
         grads_plane, grads_line, row = [], [], 0
         with _LAUNCH:
             _set_threads()
             for pair in pairs:
+                rows = slice(row, row + pair.live)
                 grad_plane, grad_line = np.zeros_like(pair.plane), np.zeros_like(pair.line)
-                _pair_backward(pair.plane, pair.line, *pair.axes, index, lo, hi, starts, pair.source, pair.mix,
-                               pair.uses, pair.use_starts, grad[row:row + pair.live], grad_plane, grad_line)
+                _pair_backward(*pair.axes, index, lo, hi, starts, pair.mix, pair.uses, pair.use_starts, grad[rows],
+                               plane_values[rows], line_values[rows], grad_plane, grad_line)
                 grads_plane.append(torch.from_numpy(grad_plane))
                 grads_line.append(torch.from_numpy(grad_line))
                 row += pair.live
@@ -233,6 +239,6 @@ def warm_up() -> None:
     uses, use_starts = np.zeros((1, 3), dtype=np.int64), np.array([0, 1], dtype=np.int64)
     with _LAUNCH:
         _axes(points, np.full(3, 2, dtype=np.int64), index, lo, hi)
-        _pair_forward(plane, line, 0, 1, 2, index, lo, hi, starts, source, mix, out)
-        _pair_backward(plane, line, 0, 1, 2, index, lo, hi, starts, source, mix, uses, use_starts, out,
-                       np.zeros_like(plane), np.zeros_like(line))
+        _pair_forward(plane, line, 0, 1, 2, index, lo, hi, starts, source, mix, out, out.copy(), out.copy())
+        _pair_backward(0, 1, 2, index, lo, hi, starts, mix, uses, use_starts, out, out, out, np.zeros_like(plane),
+                       np.zeros_like(line))
