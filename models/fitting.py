@@ -221,12 +221,12 @@ class Trainer:
             stats["reg_l1"] = reg.item()
         if self.tv_density > 0:
             self.tv_density *= s.lr_factor
-            reg = tv_loss(field_, "density") * self.tv_density
+            reg = tv_loss(field_, "density", s.fit_compiled) * self.tv_density
             total = total + reg
             stats["reg_tv_density"] = reg.item()
         if self.tv_app > 0:
             self.tv_app *= s.lr_factor
-            reg = tv_loss(field_, "app") * self.tv_app
+            reg = tv_loss(field_, "app", s.fit_compiled) * self.tv_app
             total = total + reg
             stats["reg_tv_app"] = reg.item()
         self.optimizer.zero_grad(set_to_none=True)

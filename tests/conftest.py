@@ -24,15 +24,17 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-# --- compiled loops (models.compiled_march, models.compiled_field) ------------------------------------------
+# --- compiled loops (models.compiled_march, models.compiled_field, the TV's) ----------------------------------
 @pytest.fixture(scope="session", autouse=True)
 def compiled_loops():
     """Compile the CPU render and fitting loops once per session (numba keeps them on disk), so the programs tests
     start load them instead of compiling in each one, inside the tests' time limits."""
     from models import compiled_field, compiled_march
+    from models.regularizers import total_variation
 
     compiled_march.warm_up()
     compiled_field.warm_up()
+    total_variation(torch.zeros(1, 1, 2, 2), compiled=True)
 # --- end compiled loops ----------------------------------------------------------------------------------------
 
 
