@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 log.warning("interrupted before the first iteration: nothing to checkpoint")
             return 130
+        finally:
+            trainer.close()
         trainer.save()
         final_renders(trainer.field, sampler, scene, args, run_dir, test=bool(args.render_test),
                       path=bool(args.render_path))

@@ -394,6 +394,7 @@ class EditRun:
                 raise Interrupted from err
         except (EditorFailed, Interrupted) as err:
             self.bar.close()
+            trainer.close()
             path = trainer.save()
             self.save_state()
             saved = f"checkpoint {path}, " if path else ""
@@ -407,10 +408,12 @@ class EditRun:
             return 1
         except Exception:  # the trainer itself failed (e.g. out of memory): keep what is done, then report
             self.bar.close()
+            trainer.close()
             trainer.save()
             self.save_state()
             raise
         self.bar.close()
+        trainer.close()
         trainer.save()
         self.save_state()
         start = time.monotonic()

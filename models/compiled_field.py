@@ -3,14 +3,15 @@
 ``StreamTensorVMSplit._products`` with PyTorch operators makes, per frame of a batch and per factor, a channel
 selection of the stored factor (``index_select``, a blend), a ``grid_sample`` and a product; backward makes a
 zero gradient of the whole stored factor per lookup, ``grid_sample``'s backward into it and an ``index_add_``.
-At a CPU fit's few thousand to few hundred thousand points per step, those passes take about 1.6 times as long as
-the loops here (``benchmarks/bench_fit_step.py``; the lookups were about 40% of a fast fit's step). Here one lookup
-of all the batch's frames computes the products in one compiled loop per factor pair (keeping each live channel's
-plane and line values), and its backward writes each stored channel's gradient once from those values, in a loop
-that owns the channel (no two threads write the same memory): every
-channel of every pair with its planes' and lines' values read from the stored factors as ``grid_sample`` reads
-them (``align_corners=True``, zeros outside the grid), the live channels of each frame's time and the blend of an
-entering channel exactly as :meth:`models.streaming.ChannelStream.select` picks them.
+At a CPU fit's few thousand to few hundred thousand points per step, those passes take about twice as long as the
+loops here (``benchmarks/bench_fit_step.py``; the lookups were about 40% of a fast fit's step). Here one lookup of
+all the batch's frames computes the products in one compiled loop per factor pair, every channel of every pair
+with its plane's and line's values read from the stored factors as ``grid_sample`` reads them (``align_corners=True``,
+zeros outside the grid), the live channels of each frame's time and the blend of an entering channel exactly as
+:meth:`models.streaming.ChannelStream.select` picks them. When gradients are needed the forward keeps those values
+(two more ``[live channels, points]`` float32 arrays until the backward: about 26 MB per 100k points of the demo
+config's appearance), and the backward writes each stored channel's gradient once from them, in a loop that owns the
+channel (no two threads write the same memory).
 
 The results equal the PyTorch operators' up to float rounding, values and gradients
 (``tests/test_models_fields.py``). Used for float32 points on the CPU that need no gradient themselves (the
@@ -97,12 +98,12 @@ def _live_values(plane, line, s0, s1, w0, w1, ia, ib, iv, la, ha, lb, hb, lv, hv
 
 
 @_njit(parallel=True, nogil=True)
-def _pair_forward(plane, line, a, b, v, index, lo, hi, starts, source, mix, out, plane_out, line_out):
+def _pair_forward(plane, line, a, b, v, index, lo, hi, starts, source, mix, out, keep, plane_out, line_out):
     """``out[k, n]`` = plane x line product of live channel ``k`` at point ``n``, for one factor pair: ``plane
-    [S, res_b, res_a]`` read at axes ``(a, b)``, ``line [S, res_v]`` at axis ``v``; the two factors' values into
-    ``plane_out`` and ``line_out`` (for the backward). Points ``starts[f] .. starts[f + 1]`` are at frame ``f``,
-    whose live channel ``k`` is ``mix[f, k, 0]`` x stored channel ``source[f, k, 0]`` + ``mix[f, k, 1]`` x
-    ``source[f, k, 1]`` (the second weight 0 unless the channel is blended)."""
+    [S, res_b, res_a]`` read at axes ``(a, b)``, ``line [S, res_v]`` at axis ``v``; with ``keep``, the two factors'
+    values into ``plane_out`` and ``line_out`` (for the backward). Points ``starts[f] .. starts[f + 1]`` are at
+    frame ``f``, whose live channel ``k`` is ``mix[f, k, 0]`` x stored channel ``source[f, k, 0]`` + ``mix[f, k,
+    1]`` x ``source[f, k, 1]`` (the second weight 0 unless the channel is blended)."""
     n_frames, n_live = source.shape[0], source.shape[1]
     for item in numba.prange(n_frames * n_live):
         f, k = item // n_live, item % n_live
@@ -112,7 +113,8 @@ def _pair_forward(plane, line, a, b, v, index, lo, hi, starts, source, mix, out,
             la, ha, lb, hb, lv, hv = lo[n, a], hi[n, a], lo[n, b], hi[n, b], lo[n, v], hi[n, v]
             p, q = _live_values(plane, line, s0, s1, w0, w1, ia, ib, iv, la, ha, lb, hb, lv, hv)
             out[k, n] = p * q
-            plane_out[k, n], line_out[k, n] = p, q
+            if keep:
+                plane_out[k, n], line_out[k, n] = p, q
 
 
 @_njit(parallel=True, nogil=True)
@@ -167,13 +169,13 @@ class _Products(torch.autograd.Function):
     """Products of all three pairs ``[K0 + K1 + K2, N]`` (pair-major), with gradients of the stored factors."""
 
     @staticmethod
-    def forward(ctx, points: Tensor, res: np.ndarray, starts: np.ndarray, pairs: list[_Pair], *factors: Tensor
-                ) -> Tensor:
+    def forward(ctx, points: Tensor, res: np.ndarray, starts: np.ndarray, pairs: list[_Pair], keep: bool,
+                *factors: Tensor) -> Tensor:
         n = points.shape[0]
         index = np.empty((n, 3), dtype=np.int32)
         lo, hi = np.empty((n, 3), dtype=np.float32), np.empty((n, 3), dtype=np.float32)
         out = np.empty((sum(p.live for p in pairs), n), dtype=np.float32)
-        plane_values, line_values = np.empty_like(out), np.empty_like(out)  # what the backward reads
+        plane_values, line_values = (np.empty_like(out), np.empty_like(out)) if keep else (out, out)
         with _LAUNCH:
             _set_threads()
             _axes(_host(points), res, index, lo, hi)
@@ -181,7 +183,7 @@ class _Products(torch.autograd.Function):
             for pair in pairs:
                 rows = slice(row, row + pair.live)
                 _pair_forward(pair.plane, pair.line, *pair.axes, index, lo, hi, starts, pair.source, pair.mix,
-                              out[rows], plane_values[rows], line_values[rows])
+                              out[rows], keep, plane_values[rows], line_values[rows])
                 row += pair.live
         ctx.lookup = (index, lo, hi, starts, pairs, plane_values, line_values)
         ctx.save_for_backward(*factors)
@@ -205,7 +207,7 @@ class _Products(torch.autograd.Function):
                 grads_line.append(torch.from_numpy(grad_line))
                 row += pair.live
         grads = [g.view(f.shape) for g, f in zip(grads_plane + grads_line, factors)]
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, None, *grads)
 
 
 def vm_products(field, kind: str, xyz: Tensor, times: tuple[float, ...], counts: tuple[int, ...]) -> Tensor:
@@ -223,7 +225,9 @@ def vm_products(field, kind: str, xyz: Tensor, times: tuple[float, ...], counts:
     pairs = [_Pair(planes[i], lines[i], (*MAT_MODE[i], VEC_MODE[i]), streams[i], times) for i in range(3)]
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     res = np.asarray(field.gridSize, dtype=np.int64)
-    return _Products.apply(xyz.detach(), res, starts, pairs, *planes, *lines)
+    # the factors' values at the points are kept for the backward only when there will be one
+    keep = torch.is_grad_enabled() and any(f.requires_grad for f in planes + lines)
+    return _Products.apply(xyz.detach(), res, starts, pairs, keep, *planes, *lines)
 
 
 def warm_up() -> None:
@@ -239,6 +243,6 @@ def warm_up() -> None:
     uses, use_starts = np.zeros((1, 3), dtype=np.int64), np.array([0, 1], dtype=np.int64)
     with _LAUNCH:
         _axes(points, np.full(3, 2, dtype=np.int64), index, lo, hi)
-        _pair_forward(plane, line, 0, 1, 2, index, lo, hi, starts, source, mix, out, out.copy(), out.copy())
+        _pair_forward(plane, line, 0, 1, 2, index, lo, hi, starts, source, mix, out, True, out.copy(), out.copy())
         _pair_backward(0, 1, 2, index, lo, hi, starts, mix, uses, use_starts, out, out, out, np.zeros_like(plane),
                        np.zeros_like(line))

@@ -224,10 +224,8 @@ def march_weights(steps, dists: Tensor, aabb: Tensor, volume: Tensor, grid, fea2
         _set_threads()
         _march(_host(steps.origins), _host(steps.directions), _host(box.origins), _host(box.directions),
                _host(steps.z_vals), _host(dists), _host(aabb), _host(volume.permute(1, 2, 0)), occupied, half, top,
-               factor,
-               fea2dense == "relu",
-               f32(shift), float(limit), int(segment), f32(thres), f32(heavy), int(stride), weights,
-               anchor_weights)
+               factor, fea2dense == "relu", f32(shift), float(limit), int(segment), f32(thres), f32(heavy),
+               int(stride), weights, anchor_weights)
     return torch.from_numpy(weights), torch.from_numpy(anchor_weights) if stride > 0 else None
 
 

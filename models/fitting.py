@@ -221,12 +221,12 @@ class Trainer:
             stats["reg_l1"] = reg.item()
         if self.tv_density > 0:
             self.tv_density *= s.lr_factor
-            reg = tv_loss(field_, "density", s.fit_compiled) * self.tv_density
+            reg = tv_loss(field_, "density", compiled=bool(s.fit_compiled)) * self.tv_density
             total = total + reg
             stats["reg_tv_density"] = reg.item()
         if self.tv_app > 0:
             self.tv_app *= s.lr_factor
-            reg = tv_loss(field_, "app", s.fit_compiled) * self.tv_app
+            reg = tv_loss(field_, "app", compiled=bool(s.fit_compiled)) * self.tv_app
             total = total + reg
             stats["reg_tv_app"] = reg.item()
         self.optimizer.zero_grad(set_to_none=True)
@@ -270,6 +270,12 @@ class Trainer:
         if self.writer is not None:
             self.writer.flush()
         return stats
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (its thread writes into the run directory until then)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
     def after_step(self, stats: dict[str, float]) -> dict[str, float]:
         """What follows every step of a run (:meth:`train`'s loop, or a caller's own loop such as the edit's):

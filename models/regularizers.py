@@ -56,6 +56,12 @@ def _tv_compiled(x: Tensor) -> tuple[Tensor, Tensor]:
     return x.new_tensor(totals.sum()), torch.from_numpy(grad).view(x.shape)
 
 
+def warm_up() -> None:
+    """Compile the TV loop now (or load it from numba's disk cache)."""
+    if numba is not None:
+        _tv_compiled(torch.zeros(1, 1, 2, 2))
+
+
 class _TotalVariation(torch.autograd.Function):
     """TV value and gradient in one pass over the neighbour differences (autograd through slices costs about four
     times as much: a full-size zero tensor and a copy per slice in the backward); with ``compiled``, a float32 CPU

@@ -66,9 +66,9 @@ class FitSettings:
         True, "fast sampling, CPU renders: march the rays and look up the appearance in compiled loops (numba; the "
         "same results as the PyTorch operators up to float rounding); 0: PyTorch operators")
     fit_compiled: bool = setting(
-        True, "CPU fits: the VM field's factor lookups and their gradients, and the importance sampler's coarse pass, "
-        "in compiled loops (numba; the PyTorch operators' results up to float rounding, a fit's step 1.2-1.8x "
-        "faster); 0: PyTorch operators")
+        True, "CPU fits: the VM field's factor lookups and their gradients, the importance sampler's coarse pass and "
+        "the TV regularizer in compiled loops (numba; the PyTorch operators' results up to float rounding, a fit's "
+        "step 1.6-1.8x faster); 0: PyTorch operators")
     importance_fine: float = setting(
         0.05, "fast sampling, NDC: fit each batch at this share of the dense sample count, drawn where a coarse pass "
         "puts the weight (0: fit at the dense positions)")

@@ -29,12 +29,11 @@ def one_thread():
 def compiled_loops():
     """Compile the CPU render and fitting loops once per session (numba keeps them on disk), so the programs tests
     start load them instead of compiling in each one, inside the tests' time limits."""
-    from models import compiled_field, compiled_march
-    from models.regularizers import total_variation
+    from models import compiled_field, compiled_march, regularizers
 
     compiled_march.warm_up()
     compiled_field.warm_up()
-    total_variation(torch.zeros(1, 1, 2, 2), compiled=True)
+    regularizers.warm_up()
 # --- end compiled loops ----------------------------------------------------------------------------------------
 
 

@@ -195,6 +195,12 @@ def test_compiled_lookups_and_gradients_equal_pytorch(num_frames, ld_per_frame):
     assert torch.allclose(single[0], expected[0], atol=1e-5) and torch.allclose(single[1], expected[1], atol=1e-5)
     for name, grad in expected[2].items():
         assert torch.allclose(single[2][name], grad, rtol=1e-5, atol=1e-5 * grad.abs().max().item()), name
+    # without gradients (the forward then keeps nothing for a backward): the same values
+    field.compiled_lookups = True
+    with torch.no_grad():
+        plain = field.density_feature(xyz, t)
+    field.compiled_lookups = False
+    assert torch.equal(plain, compiled[0])
 
 
 def test_compiled_lookups_only_where_they_apply():

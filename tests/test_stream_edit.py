@@ -308,8 +308,7 @@ def test_a_resume_that_adds_a_pass_fits_after_it_and_keeps_its_nerf(edit_argv, f
     edit.trainer.tv_density = edit.trainer.tv_app = 1e-6
     edit.step()
     assert edit.trainer.tv_density == pytest.approx(0.1) and edit.trainer.tv_app == pytest.approx(0.1)
-    if edit.trainer.writer is not None:  # its thread writes into the folder (rmtree then fails, now and then)
-        edit.trainer.writer.close()
+    edit.trainer.close()  # the TensorBoard writer's thread writes into the folder (rmtree failed now and then)
     shutil.rmtree(tmp_path / "log" / "more")
 
     assert stream_edit.main(argv) == 0
