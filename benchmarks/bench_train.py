@@ -19,6 +19,8 @@ demo config (``configs/synthetic/train_demo.txt``, its schedules and batch) from
     python benchmarks/bench_train.py --compare dense,fast                 # CPU, 1 thread, both scenes (~40 min)
     python benchmarks/bench_train.py --compare dense,fast --scenes default --n_iters 600
     python benchmarks/bench_train.py --compare dense,fast --device cuda:0 --threads 4
+    python benchmarks/bench_train.py --scenes large --n_iters 500 --batch_size 4096 --upsamp_list 100 200 \\
+        --eval_every 125 --eval_tail 2 --eval_frames 2 --threads 2     # issue 17's setting: 500 its at batch 4096
 """
 
 from __future__ import annotations
@@ -99,8 +101,10 @@ def fit_curve(scene, scene_dir: Path, mode: str, args, name: str) -> dict:
     """Fit the demo config in ``mode`` with test evaluations; returns the curve and timings."""
     sampling, *options = mode.split(":")  # e.g. fast:importance_polish=0.015
     extra = [part for option in options for part in (f"--{option.partition('=')[0]}", option.partition("=")[2])]
+    schedule = [*(["--batch_size", str(args.batch_size)] if args.batch_size else []),
+                *(part for it in args.upsamp_list or () for part in ("--upsamp_list", str(it)))]
     opts = parse_args(["--config", args.config, "--datadir", str(scene_dir), "--n_iters", str(args.n_iters),
-                       "--sampling", sampling, "--device", args.device, *GRID[name], *extra])
+                       "--sampling", sampling, "--device", args.device, *GRID[name], *schedule, *extra])
     torch.manual_seed(0)
     trainer = Trainer(field_from_args(opts, scene), scene, FitSettings.from_args(opts), device=args.device,
                       tensorboard=False)
@@ -258,6 +262,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the synthetic scenes are made (once)")
     parser.add_argument("--config", default=str(ROOT / "configs" / "synthetic" / "train_demo.txt"))
     parser.add_argument("--n_iters", type=int, default=1500, help="fitting iterations per mode")
+    parser.add_argument("--batch_size", type=int, default=0, help="rays per iteration of every mode; 0: the config's")
+    parser.add_argument("--upsamp_list", type=int, nargs="+", help="grid upsampling iterations of every mode (the "
+                                                                   "config's by default)")
     parser.add_argument("--eval_every", type=int, default=150, help="test evaluation period in iterations")
     parser.add_argument("--eval_tail", type=int, default=5, help="evaluations per eval_every over the last eval_every "
                                                                   "iterations")
