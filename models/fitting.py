@@ -32,7 +32,7 @@ from .pixel_batches import MotionSampler, UniformSampler
 from .registry import build_model
 from .regularizers import density_l1, orthogonality, tv_loss
 from .rendering import render_image, render_rays
-from .sampling import ImportanceSampler, OccupancySampler, RaySampler, build_sampler
+from .sampling import ImportanceSampler, MarchedSampler, OccupancySampler, RaySampler, build_sampler
 from .settings import FitSettings
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,15 @@ class Trainer:
             sampler = self.sampler
         polish = round(s.importance_polish * s.n_iters)
         polishing = polish > 0 and self.iteration >= s.n_iters - polish
-        return ImportanceSampler(sampler, **self.importance) if self.importance and not polishing else sampler
+        if not self.importance:
+            return sampler
+        if not polishing:
+            return ImportanceSampler(sampler, **self.importance)
+        if sampler is self.sampler and s.fit_compiled and self.volumes is not None:
+            if self.iteration == s.n_iters - polish:  # the marched samples follow the field as the polish starts
+                self.volumes.clear()
+            return MarchedSampler(self.sampler, self.volumes)
+        return sampler
 
     # -- one step --------------------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
@@ -195,7 +203,7 @@ class Trainer:
         target = torch.cat([scene.rgb(b.frame, b.cams, b.ys, b.xs) for b in batches]).to(self.device)
         times = [float(scene.times[b.frame]) for b in batches]
         # the polish (the fast sampler itself, with importance sampling configured) fits colour as renders shade
-        polishing = self.importance is not None and ray_sampler is self.sampler
+        polishing = self.importance is not None and isinstance(ray_sampler, (OccupancySampler, MarchedSampler))
         stride = self.sampler.color_stride(field_) if polishing and s.importance_polish_anchors else 1
         # one render of all frames' rays (grouped by frame in equal blocks); the field's lookups in compiled loops
         # during the step only (renders keep the PyTorch operators: the dense reference)
