@@ -84,6 +84,7 @@ class Trainer:
         self.dense_sampler = build_sampler("dense", scene.ndc)
         self.importance: dict | None = None  # ImportanceSampler options, when training batches are resampled
         self.volumes: FeatureVolumes | None = None  # the coarse pass's node feature volumes, rebuilt periodically
+        self._polish_volumes = False  # the volumes were rebuilt for the polish
         if isinstance(self.sampler, OccupancySampler) and settings.importance_fine > 0:
             if scene.ndc:
                 self.volumes = FeatureVolumes(scene.num_frames, settings.importance_volumes_mib)
@@ -157,7 +158,8 @@ class Trainer:
         """The ray sampler of the current iteration: dense during the occupancy warm-up, then the fast one, whose
         grid is rebuilt from the field every ``occupancy_every`` iterations; with ``importance_fine > 0`` (NDC) either
         is the coarse pass of an :class:`models.sampling.ImportanceSampler`, except in the last ``importance_polish``
-        share of ``n_iters`` (the polish: the model then fits at the dense positions its renders use)."""
+        share of ``n_iters`` (the polish: the model then fits at the dense positions its renders look at,
+        :class:`models.sampling.MarchedSampler`, its volumes rebuilt as it starts)."""
         s = self.settings
         if not isinstance(self.sampler, OccupancySampler):
             return self.sampler
@@ -177,10 +179,11 @@ class Trainer:
             return sampler
         if not polishing:
             return ImportanceSampler(sampler, **self.importance)
-        if sampler is self.sampler and s.fit_compiled and self.volumes is not None:
-            if self.iteration == s.n_iters - polish:  # the marched samples follow the field as the polish starts
+        if sampler is self.sampler and self.volumes is not None:
+            if not self._polish_volumes:  # the polish's first marched batch reads the field as it is now
                 self.volumes.clear()
-            return MarchedSampler(self.sampler, self.volumes)
+                self._polish_volumes = True
+            return MarchedSampler(self.sampler, self.volumes, compiled=s.fit_compiled)
         return sampler
 
     # -- one step --------------------------------------------------------------------------------------------

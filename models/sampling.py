@@ -9,7 +9,8 @@ touching fields or compositing:
 - ``fast``: the same sample positions, but samples in cells of an occupancy grid that hold no density at any time
   are marked invalid, so neither density nor colour is evaluated there (:class:`OccupancySampler`). In training
   (NDC scenes), :class:`ImportanceSampler` goes further: a coarse pass without gradients evaluates the density at a
-  share of those positions, and the batch is fitted at fewer samples drawn where the coarse weights are.
+  share of those positions, and the batch is fitted at fewer samples drawn where the coarse weights are; the last
+  iterations of a fit (the polish) take the samples a fast render looks at (:class:`MarchedSampler`).
 
 Renders (``train=False``) always use the dense positions, so test views, paths and depth for editing are those of
 the release's sampling whatever the training sampler was.
@@ -520,41 +521,61 @@ class MarchedSampler:
 
     Each frame block of a batch is marched through that frame's node volume (:class:`FeatureVolumes`) in the
     occupancy grid of ``sampler`` with its early stop, as a render marches (:meth:`OccupancySampler.march_weights`);
-    the samples returned valid are those the march gave a weight: inside the box, in an occupied cell, of density
-    above zero, and in front of the point where the ray's transmittance fell below the early stop. The others carry
-    no weight in a render; with the ``relu`` density they would get no gradient either. On the large benchmark scene
-    this is about half of what :class:`OccupancySampler` keeps from the all-times grid alone (213 against 393
-    samples a ray), and half the polish's lookups.
+    the samples returned valid are those the march gives a weight: inside the box, in an occupied cell, of density
+    above zero, and not behind the point where the ray's transmittance fell below the early stop (checked every
+    ``EARLY_STOP_SEGMENT`` samples, as renders check it). Renders give the others no weight; with the ``relu``
+    density, those in front of the stop get no gradient either. On the large benchmark scene this keeps 213 of the
+    393 samples a ray that :class:`OccupancySampler` keeps with the all-times grid.
 
-    The volumes are the field as it was when they were built (the trainer rebuilds them every ``occupancy_every``
-    iterations and when the polish starts). Batches it cannot march (not float32 CPU rays, volumes over their budget,
-    renders) get ``sampler``'s own samples.
+    The volumes hold the field as it was when they were built (the trainer rebuilds them when the polish starts and
+    every ``occupancy_every`` iterations): until the next rebuild, a sample whose density was zero then (or whose
+    opacity rounded to zero, softplus) stays out, as the importance sampler's coarse pass misses density that grew
+    since. With ``compiled`` and float32 CPU rays the march is :func:`models.compiled_march.march_weights`; else the
+    same march in PyTorch operators (the same samples up to float rounding). Renders, and fields whose volumes do not
+    fit their budget, get ``sampler``'s own samples.
 
     Args:
         sampler: the fast sampler (its grid, dense positions and early stop).
         volumes: the frames' node volumes.
+        compiled: march in the compiled loop when it can (``--fit_compiled``).
     """
 
-    def __init__(self, sampler: OccupancySampler, volumes: FeatureVolumes):
-        self.sampler, self.volumes = sampler, volumes
+    def __init__(self, sampler: OccupancySampler, volumes: FeatureVolumes, compiled: bool = True):
+        self.sampler, self.volumes, self.compiled = sampler, volumes, bool(compiled)
         self.ndc = sampler.ndc
 
     def __call__(self, field, rays_o: Tensor, rays_d: Tensor, n_samples: int, train: bool,
                  generator: torch.Generator | None = None, t: Times = 0.0) -> RaySamples:
-        size, times = frame_blocks(rays_o.shape[0], t)
-        volumes = ([self.volumes.volume(field, time)[0, 0] for time in times]
-                   if train and self.sampler.compiled and self.volumes.usable(field) else [])
-        if not volumes or not all(compiled_march.usable(rays_o, volume) for volume in volumes):
+        if not (train and self.volumes.usable(field)):
             return self.sampler(field, rays_o, rays_d, n_samples, train, generator, t=t)
         steps = self.sampler.dense.steps(field, rays_o, rays_d, n_samples, train, generator)
-        grid = self.sampler.grid_for(field)
+        samples = steps.samples(field.aabb)
         with torch.no_grad():
-            weights = torch.cat([
-                compiled_march.march_weights(block, block.dists * field.distance_scale, field.aabb, volume, grid,
-                                             field.fea2denseAct, field.density_shift, self.sampler.early_stop,
-                                             EARLY_STOP_SEGMENT)[0]
-                for block, volume in zip(steps.split(size), volumes)])
-        return replace(steps.samples(field.aabb), valid=weights > 0)
+            weights = self.weights(field, steps, samples, t)
+        return replace(samples, valid=weights > 0)
+
+    def weights(self, field, steps: RaySteps, samples: RaySamples, t: Times) -> Tensor:
+        """The march's compositing weights ``[n_rays, n_samples]`` of ``steps`` (whose points are ``samples``), one
+        frame block of rays per time of ``t``; 0 at the samples it does not look at."""
+        size, times = frame_blocks(steps.origins.shape[0], t)
+        volumes = [self.volumes.volume(field, time)[0, 0] for time in times]
+        grid, dists = self.sampler.grid_for(field), steps.dists * field.distance_scale
+        stop = self.sampler.early_stop
+        if self.compiled and all(compiled_march.usable(steps.origins, volume) for volume in volumes):
+            return torch.cat([compiled_march.march_weights(block, block.dists * field.distance_scale, field.aabb,
+                                                           volume, grid, field.fea2denseAct, field.density_shift,
+                                                           stop, EARLY_STOP_SEGMENT)[0]
+                              for block, volume in zip(steps.split(size), volumes)])
+        xyz = field.normalize_coord(samples.xyz)
+        sigma = field.activate_density(self.volumes.feature(field, xyz, t))
+        sigma = sigma * (samples.valid & grid.lookup_normalized(xyz))
+        weights = alpha_weights(sigma, dists)[1]
+        if stop > 0:  # behind a segment whose end the ray reached below the early stop's transmittance: not looked at
+            depth = torch.cumsum(sigma * dists, dim=-1)[:, EARLY_STOP_SEGMENT - 1::EARLY_STOP_SEGMENT]
+            first = torch.ones((depth.shape[0], 1), dtype=torch.bool, device=depth.device)  # the first segment
+            seen = torch.cat([first, depth < -math.log(stop)], dim=-1)
+            weights = weights * seen.repeat_interleave(EARLY_STOP_SEGMENT, dim=1)[:, :weights.shape[1]]
+        return weights
 
 
 SAMPLERS: dict[str, Callable[..., RaySampler]] = {"dense": DenseSampler, "fast": OccupancySampler}

@@ -78,8 +78,9 @@ class FitSettings:
                                              "along the ray")
     importance_min_fine: int = setting(16, "fast sampling: fine samples per ray at least")
     importance_polish: float = setting(
-        0.03, "fast sampling: share of n_iters at the end fitted at the dense positions (occupancy grid only), so the "
-        "model fits the quadrature its renders use")
+        0.03, "fast sampling: share of n_iters at the end fitted at the dense positions a fast render looks at "
+        "(each frame marched through its node volume: occupied cells, density above zero, in front of the early stop), "
+        "so the model fits the quadrature its renders use")
     importance_polish_anchors: bool = setting(
         True, "fast sampling: the polish fits colour where fast renders evaluate it (every --render_color_voxels "
         "cells and at heavy samples, interpolated between), not at every weighted sample; 0: every weighted sample")

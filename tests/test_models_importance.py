@@ -10,9 +10,9 @@ from test_models_occupancy import TINY, rays, tiny
 
 from dataloader import load_scene
 from models import FitSettings, Trainer, build_sampler, field_from_args, render_rays
+from models.compositing import sample_weights
 from models.config import ConfigError, parse_args
 from models.occupancy import FeatureVolumes
-from models.compositing import sample_weights
 from models.sampling import ImportanceSampler, MarchedSampler, OccupancySampler, sample_pdf
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -136,25 +136,23 @@ def test_one_render_of_several_frames_equals_a_render_per_frame():
         render_rays(field, dense, rays_o[:10], rays_d[:10], times, n_samples=48)
 
 
-def test_the_last_iterations_polish_at_the_dense_positions(small_scene_dir):
+def test_the_last_iterations_polish_at_the_dense_positions(small_scene_dir, monkeypatch):
     scene = load_scene("synthetic", small_scene_dir, ndc=True)
-    args = parse_args(TINY + ["--datadir", str(small_scene_dir), "--n_iters", "10", "--occupancy_warmup", "2",
-                              "--importance_polish", "0.2"])
-    trainer = Trainer(field_from_args(args, scene), scene, FitSettings.from_args(args), tensorboard=False)
-    kinds = []
-    for _ in range(10):
-        kinds.append(type(trainer.ray_sampler()))
-        if trainer.iteration == 8:  # the polish starts from volumes of the field as it is then
-            assert not trainer.volumes._volumes
-        trainer.step()
-    assert kinds == [ImportanceSampler] * 8 + [MarchedSampler] * 2
-    assert trainer.volumes._volumes  # the polish's march built them
-    # with the PyTorch operators, the polish samples every dense position in occupied cells
-    args = parse_args(TINY + ["--datadir", str(small_scene_dir), "--n_iters", "10", "--occupancy_warmup", "2",
-                              "--importance_polish", "0.2", "--fit_compiled", "0"])
-    trainer = Trainer(field_from_args(args, scene), scene, FitSettings.from_args(args), tensorboard=False,
-                      start_iteration=8)
-    assert type(trainer.ray_sampler()) is OccupancySampler
+    marches = []
+    weights = MarchedSampler.weights
+    monkeypatch.setattr(MarchedSampler, "weights", lambda self, *a: marches.append(self.compiled) or weights(self, *a))
+    for compiled in ("1", "0"):
+        args = parse_args(TINY + ["--datadir", str(small_scene_dir), "--n_iters", "10", "--occupancy_warmup", "2",
+                                  "--importance_polish", "0.2", "--fit_compiled", compiled])
+        trainer = Trainer(field_from_args(args, scene), scene, FitSettings.from_args(args), tensorboard=False)
+        kinds = []
+        for _ in range(10):
+            kinds.append(type(trainer.ray_sampler()))
+            if trainer.iteration == 8:  # the polish starts from volumes of the field as it is then
+                assert not trainer.volumes._volumes
+            trainer.step()
+        assert kinds == [ImportanceSampler] * 8 + [MarchedSampler] * 2
+    assert marches == [True, True, False, False]  # each polish step marched (compiled, then PyTorch operators)
     with pytest.raises(ConfigError, match="importance_polish"):
         parse_args(["--importance_polish", "2"])
 
@@ -163,7 +161,8 @@ def test_the_last_iterations_polish_at_the_dense_positions(small_scene_dir):
 def test_the_polish_samples_what_a_render_weights(act):
     """The polish's samples are the dense positions a fast render gives a weight: a subset of those in occupied
     cells, and the field's compositing weights over them equal those over all of these up to the early stop's
-    transmittance (the samples left out have zero density (relu) or lie behind the stop)."""
+    transmittance (the samples left out have zero density (relu) or lie behind the stop). The compiled march and the
+    PyTorch operators keep the same samples."""
     field = tiny(act=act)
     with torch.no_grad():
         field.density_line[0].mul_(40.0)  # dense enough for rays to reach the early stop
@@ -171,23 +170,35 @@ def test_the_polish_samples_what_a_render_weights(act):
     times = [0.0, 0.4, 1.0]
     fast, occupied = build_sampler("fast", True), build_sampler("fast", True, min_transmittance=0)
     marched = MarchedSampler(fast, FeatureVolumes(7, budget_mib=16))
+    plain = MarchedSampler(fast, FeatureVolumes(7, budget_mib=16), compiled=False)
+
+    def draw(sampler, train=True):
+        with torch.no_grad():
+            return sampler(field, rays_o, rays_d, 160, train, torch.Generator().manual_seed(5), t=times)
+
+    every, some, pytorch, culled = draw(occupied), draw(marched), draw(plain), draw(fast)
+    assert torch.equal(every.z_vals, some.z_vals)
+    assert not (some.valid & ~every.valid).any()
+    assert some.valid.sum() < culled.valid.sum() <= every.valid.sum()  # fewer than the all-times grid's cull
     with torch.no_grad():
-        every, some = (sampler(field, rays_o, rays_d, 160, True, torch.Generator().manual_seed(5), t=times)
-                       for sampler in (occupied, marched))
-        assert torch.equal(every.z_vals, some.z_vals)
-        assert not (some.valid & ~every.valid).any() and some.valid.sum() < every.valid.sum()
         w_every, w_some = (sample_weights(field, s, field.normalize_coord(s.xyz), times) for s in (every, some))
+        marched_w = marched.weights(field, fast.dense.steps(field, rays_o, rays_d, 160, True,
+                                                            torch.Generator().manual_seed(5)), every, times)
+        pytorch_w = plain.weights(field, fast.dense.steps(field, rays_o, rays_d, 160, True,
+                                                          torch.Generator().manual_seed(5)), every, times)
     assert (w_every - w_some).abs().max() <= fast.early_stop + 1e-5
     assert (1 - w_every.sum(-1) < fast.early_stop).any()  # some rays reach the early stop
+    assert torch.allclose(marched_w, pytorch_w, atol=1e-5)
+    assert (some.valid != pytorch.valid).sum() <= 2  # a sample of weight ~0 may round either way
     if act == "relu":  # samples of zero density were dropped, not only those behind the stop
-        sigma = field.density(field.normalize_coord(every.xyz[every.valid]), 0.4)
-        assert (sigma == 0).any()
-    # renders, and batches the compiled march cannot take, get the occupancy sampler's own samples
-    plain = MarchedSampler(build_sampler("fast", True, compiled=False), FeatureVolumes(7, budget_mib=16))
-    for sampler, train in ((plain, True), (marched, False)):
-        with torch.no_grad():
-            a = sampler(field, rays_o, rays_d, 160, train, torch.Generator().manual_seed(5), t=times)
-            b = fast(field, rays_o, rays_d, 160, train, torch.Generator().manual_seed(5), t=times)
+        for block, t in zip(range(0, 24, 8), times):
+            xyz = field.normalize_coord(every.xyz[block:block + 8])
+            feature = field.density_feature(xyz.reshape(-1, 3), t).view(8, -1)
+            kept, seen = some.valid[block:block + 8], every.valid[block:block + 8]
+            assert (feature[kept] > -1e-4).all() and (feature[seen & ~kept] <= 0).any()
+    # renders, and volumes over their budget, get the fast sampler's own samples
+    for a, b in ((draw(marched, train=False), draw(fast, train=False)),
+                 (draw(MarchedSampler(fast, FeatureVolumes(7, budget_mib=0))), culled)):
         assert torch.equal(a.valid, b.valid) and torch.equal(a.z_vals, b.z_vals)
 
 
