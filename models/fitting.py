@@ -205,7 +205,7 @@ class Trainer:
                                                    for k in ("cams", "ys", "xs")))[:2]
         target = torch.cat([scene.rgb(b.frame, b.cams, b.ys, b.xs) for b in batches]).to(self.device)
         times = [float(scene.times[b.frame]) for b in batches]
-        # the polish (the fast sampler itself, with importance sampling configured) fits colour as renders shade
+        # the polish (the fast or marched sampler, with importance sampling configured) fits colour as renders shade
         polishing = self.importance is not None and isinstance(ray_sampler, (OccupancySampler, MarchedSampler))
         stride = self.sampler.color_stride(field_) if polishing and s.importance_polish_anchors else 1
         # one render of all frames' rays (grouped by frame in equal blocks); the field's lookups in compiled loops

@@ -559,14 +559,13 @@ class MarchedSampler:
         frame block of rays per time of ``t``; 0 at the samples it does not look at."""
         size, times = frame_blocks(steps.origins.shape[0], t)
         volumes = [self.volumes.volume(field, time)[0, 0] for time in times]
-        grid, dists = self.sampler.grid_for(field), steps.dists * field.distance_scale
-        stop = self.sampler.early_stop
+        grid, stop = self.sampler.grid_for(field), self.sampler.early_stop
         if self.compiled and all(compiled_march.usable(steps.origins, volume) for volume in volumes):
             return torch.cat([compiled_march.march_weights(block, block.dists * field.distance_scale, field.aabb,
                                                            volume, grid, field.fea2denseAct, field.density_shift,
                                                            stop, EARLY_STOP_SEGMENT)[0]
                               for block, volume in zip(steps.split(size), volumes)])
-        xyz = field.normalize_coord(samples.xyz)
+        xyz, dists = field.normalize_coord(samples.xyz), steps.dists * field.distance_scale
         sigma = field.activate_density(self.volumes.feature(field, xyz, t))
         sigma = sigma * (samples.valid & grid.lookup_normalized(xyz))
         weights = alpha_weights(sigma, dists)[1]
