@@ -503,16 +503,28 @@ class ImportanceSampler:
         """The coarse samples' compositing weights ``[n_rays, n_coarse]``, their density read in the frames' node
         volumes: one compiled march per frame block for float32 CPU rays (:func:`models.compiled_march.march_weights`
         without an occupancy grid nor early stop: the same weights up to float rounding), else PyTorch operators."""
-        size, times = frame_blocks(steps.origins.shape[0], t)
-        volumes = [self.volumes.volume(field, time)[0, 0] for time in times]
-        if not (self.compiled and all(compiled_march.usable(steps.origins, v) for v in volumes)):
+        weights = march_frame_blocks(field, steps, t, self.volumes, None, 0.0, 1) if self.compiled else None
+        if weights is None:
             samples = steps.samples(field.aabb)
             feature = self.volumes.feature(field, field.normalize_coord(samples.xyz), t)
             return alpha_weights(field.activate_density(feature) * samples.valid,
                                  steps.dists * field.distance_scale)[1]
-        return torch.cat([compiled_march.march_weights(block, block.dists * field.distance_scale, field.aabb, volume,
-                                                       None, field.fea2denseAct, field.density_shift, 0.0, 1)[0]
-                          for block, volume in zip(steps.split(size), volumes)])
+        return weights
+
+
+def march_frame_blocks(field, steps: RaySteps, t: Times, volumes: FeatureVolumes, grid: OccupancyGrid | None,
+                       early_stop: float, segment: int) -> Tensor | None:
+    """Compositing weights ``[n_rays, n_samples]`` of ``steps``, each frame block of rays (one per time of ``t``)
+    marched through its frame's node volume in the compiled loop (:func:`models.compiled_march.march_weights`, with
+    ``grid``, ``early_stop`` and ``segment``); None when the loop cannot take these rays or volumes."""
+    size, times = frame_blocks(steps.origins.shape[0], t)
+    blocks = [volumes.volume(field, time)[0, 0] for time in times]
+    if not all(compiled_march.usable(steps.origins, volume) for volume in blocks):
+        return None
+    return torch.cat([compiled_march.march_weights(block, block.dists * field.distance_scale, field.aabb, volume,
+                                                   grid, field.fea2denseAct, field.density_shift, early_stop,
+                                                   segment)[0]
+                      for block, volume in zip(steps.split(size), blocks)])
 
 
 class MarchedSampler:
@@ -557,14 +569,11 @@ class MarchedSampler:
     def weights(self, field, steps: RaySteps, samples: RaySamples, t: Times) -> Tensor:
         """The march's compositing weights ``[n_rays, n_samples]`` of ``steps`` (whose points are ``samples``), one
         frame block of rays per time of ``t``; 0 at the samples it does not look at."""
-        size, times = frame_blocks(steps.origins.shape[0], t)
-        volumes = [self.volumes.volume(field, time)[0, 0] for time in times]
         grid, stop = self.sampler.grid_for(field), self.sampler.early_stop
-        if self.compiled and all(compiled_march.usable(steps.origins, volume) for volume in volumes):
-            return torch.cat([compiled_march.march_weights(block, block.dists * field.distance_scale, field.aabb,
-                                                           volume, grid, field.fea2denseAct, field.density_shift,
-                                                           stop, EARLY_STOP_SEGMENT)[0]
-                              for block, volume in zip(steps.split(size), volumes)])
+        weights = (march_frame_blocks(field, steps, t, self.volumes, grid, stop, EARLY_STOP_SEGMENT)
+                   if self.compiled else None)
+        if weights is not None:
+            return weights
         xyz, dists = field.normalize_coord(samples.xyz), steps.dists * field.distance_scale
         sigma = field.activate_density(self.volumes.feature(field, xyz, t))
         sigma = sigma * (samples.valid & grid.lookup_normalized(xyz))
